@@ -1,0 +1,432 @@
+"""Sweep files: schema, presets, TOML loading, validation and grid expansion.
+
+A sweep is a TOML file with sections ``[data]``, ``[model]``, ``[prune]``, ``[train]`` and
+``[sweep]``. Any field may be a single value, a list (a grid axis) or, for numbers, a range
+table ``{start, stop, num, scale}``. The runs are the Cartesian product of every list-valued
+field and the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "ConfigError",
+    "Field",
+    "FIELDS",
+    "PRESETS",
+    "Sweep",
+    "RunTable",
+    "as_python",
+    "load_sweep",
+    "sweep_from_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A sweep the user must fix; the message names the file, the field and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One configuration field.
+
+    Attributes:
+      section: TOML section the field lives in.
+      kind: ``"int"``, ``"float"``, ``"bool"`` or ``"choice"``.
+      default: value used when neither the file nor the preset sets it.
+      check: predicate on one value, with ``allowed`` describing it for error messages.
+      allowed: human-readable description of the allowed values.
+      choices: for ``kind == "choice"``, the allowed strings.
+      axis: whether the field may be a list (a grid axis).
+    """
+
+    section: str
+    kind: str
+    default: Any
+    allowed: str
+    check: Callable[[Any], bool] = lambda v: True
+    choices: tuple[str, ...] = ()
+    axis: bool = True
+
+
+def _positive(v):
+    return v > 0
+
+
+def _nonnegative(v):
+    return v >= 0
+
+
+FIELDS: dict[str, Field] = {
+    # [data]
+    "d": Field("data", "int", 2000, "an integer >= 1", lambda v: v >= 1),
+    "n": Field("data", "int", 50, "an integer >= 1", lambda v: v >= 1),
+    "n_test": Field("data", "int", 2000, "an integer >= 1", lambda v: v >= 1),
+    "signal_norm": Field("data", "float", 9.0, "a number >= 0", _nonnegative),
+    "signal_support": Field("data", "int", 1, "an integer >= 1 and <= d", lambda v: v >= 1),
+    "noise_std": Field("data", "float", 1.0, "a number > 0", _positive),
+    "noise_orthogonal": Field("data", "bool", False, "true or false"),
+    "label_flip": Field("data", "float", 0.0, "a number in [0, 0.5]", lambda v: 0 <= v <= 0.5),
+    # [model]
+    "width": Field("model", "int", 20, "an integer >= 1", lambda v: v >= 1),
+    "activation_power": Field("model", "float", 3.0, "a number >= 1", lambda v: v >= 1),
+    "output_scale": Field("model", "choice", "mean", '"mean" or "sum"', choices=("mean", "sum")),
+    "patch_pool": Field("model", "choice", "sum", '"sum" or "mean"', choices=("sum", "mean")),
+    "bias": Field("model", "bool", False, "true or false"),
+    "init": Field(
+        "model", "choice", "normal", '"normal" or "uniform_fan_in"',
+        choices=("normal", "uniform_fan_in"),
+    ),
+    "init_std": Field("model", "float", 0.01, "a number > 0", _positive),
+    # [prune]
+    "fraction": Field("prune", "float", 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "mask": Field("prune", "choice", "bernoulli", '"bernoulli" or "exact"',
+                  choices=("bernoulli", "exact")),
+    "nested": Field("prune", "bool", True, "true or false"),
+    # [train]
+    "optimizer": Field("train", "choice", "gd", '"gd", "momentum" or "adam"',
+                       choices=("gd", "momentum", "adam")),
+    "learning_rate": Field("train", "float", 0.05, "a number > 0", _positive),
+    "momentum": Field("train", "float", 0.9, "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "steps": Field("train", "int", 1500, "an integer >= 1", lambda v: v >= 1),
+    "eval_every": Field("train", "int", 100, "an integer >= 1", lambda v: v >= 1, axis=False),
+    "checkpoint_every": Field("train", "int", 500, "an integer >= 1", lambda v: v >= 1,
+                              axis=False),
+    "dtype": Field("train", "choice", "float32", '"float32" or "float64"',
+                   choices=("float32", "float64"), axis=False),
+}
+
+SECTIONS = ("data", "model", "prune", "train", "sweep")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Cao, Chen, Belkin, Gu (NeurIPS 2022): the theory conventions, q = 3, noise orthogonal to mu.
+    "cao2022": {"activation_power": 3.0, "noise_orthogonal": True},
+    # Kou, Chen, Chen, Gu (ICML 2023): ReLU with bias, PyTorch-style init, noisy labels.
+    "kou2023": {
+        "activation_power": 1.0,
+        "bias": True,
+        "init": "uniform_fan_in",
+        "output_scale": "sum",
+        "patch_pool": "mean",
+        "label_flip": 0.1,
+        "learning_rate": 0.1,
+        "width": 10,
+        "n": 20,
+        "n_test": 1000,
+        "steps": 100,
+    },
+}
+
+RANGE_KEYS = {"start", "stop", "num", "scale"}
+RANGE_SCALES = ("linear", "log", "log1m")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: every field resolved to a tuple of values (one per grid point).
+
+    Attributes:
+      name: the sweep's name (default output directory ``runs/<name>``).
+      preset: the preset it started from, or ``None``.
+      values: field name -> tuple of values; a 1-tuple for a fixed field.
+      seeds: the seeds, in order.
+      source: where it came from, for error messages.
+    """
+
+    name: str
+    preset: str | None
+    values: dict[str, tuple]
+    seeds: tuple[int, ...]
+    source: str = "<sweep>"
+
+    @property
+    def axes(self) -> list[str]:
+        """Fields with more than one value, in schema order."""
+        return [k for k in FIELDS if len(self.values[k]) > 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved sweep as nested TOML-ready tables (every field present)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.preset:
+            out["preset"] = self.preset
+        for section in SECTIONS[:-1]:
+            out[section] = {
+                k: (list(v) if len(v) > 1 else v[0])
+                for k, v in self.values.items()
+                if FIELDS[k].section == section
+            }
+        out["sweep"] = {"seeds": list(self.seeds)}
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved sweep as TOML text; ``load_sweep`` of it gives this sweep back."""
+        lines = [f"name = {_toml_value(self.name)}"]
+        if self.preset:
+            lines.append(f"preset = {_toml_value(self.preset)}")
+        for section, table in self.to_dict().items():
+            if isinstance(table, dict):
+                lines.append(f"\n[{section}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        return "\n".join(lines) + "\n"
+
+    def differences(self, other: "Sweep") -> list[str]:
+        """Names of fields (and ``seeds``/``name``) whose values differ from ``other``."""
+        diff = [k for k in FIELDS if self.values[k] != other.values[k]]
+        if self.seeds != other.seeds:
+            diff.append("seeds")
+        if self.name != other.name:
+            diff.append("name")
+        return diff
+
+    def run_table(self) -> "RunTable":
+        """Expands the grid: one row per run, axes in schema order, seeds innermost."""
+        names = list(FIELDS) + ["seed"]
+        grids = [self.values[k] for k in FIELDS] + [self.seeds]
+        rows = list(itertools.product(*grids))
+        columns = {}
+        for i, name in enumerate(names):
+            col = [r[i] for r in rows]
+            kind = FIELDS[name].kind if name in FIELDS else "int"
+            dtype = {"int": np.int64, "float": np.float64, "bool": np.bool_}.get(kind, object)
+            columns[name] = np.asarray(col, dtype=dtype)
+        return RunTable(columns)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTable:
+    """One row per run: ``columns[field][i]`` is run ``i``'s value of ``field``."""
+
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns["seed"])
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {k: as_python(v[i]) for k, v in self.columns.items()}
+
+    def take(self, idx) -> "RunTable":
+        return RunTable({k: v[idx] for k, v in self.columns.items()})
+
+
+def as_python(v):
+    """A numpy scalar as the Python value it holds (strings pass through)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Reads and validates a sweep file.
+
+    Raises:
+      ConfigError: naming the file and field, for any malformed or impossible input.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read sweep file ({e.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return sweep_from_dict(raw, source=str(path), default_name=path.stem)
+
+
+def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>",
+                    default_name: str = "sweep") -> Sweep:
+    """Validates a sweep given as nested tables, as a TOML file would give it.
+
+    Example:
+      >>> sweep_from_dict({"prune": {"fraction": [0.0, 0.5]}, "sweep": {"seeds": 2}})
+    """
+    err = _error_reporter(source)
+    if not isinstance(raw, dict):
+        raise err("", "the sweep must be a table of sections")
+    top_allowed = {"name", "preset", *SECTIONS}
+    for key in raw:
+        if key not in top_allowed:
+            hint = _suggest(key, top_allowed | set(FIELDS))
+            where = "a top-level key" if key not in FIELDS else "a field outside its section"
+            if key in FIELDS:
+                raise err(key, f"belongs in section [{FIELDS[key].section}]")
+            raise err(key, f"unknown {where}{hint}; allowed: name, preset, "
+                           + ", ".join(f"[{s}]" for s in SECTIONS))
+
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise err("name", "must be a non-empty string without '/'")
+    preset = raw.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise err("preset", f"unknown preset {preset!r}; allowed: " + ", ".join(PRESETS))
+
+    given: dict[str, Any] = {}
+    for section in SECTIONS[:-1]:
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise err(section, "must be a table")
+        for key, value in table.items():
+            field = FIELDS.get(key)
+            if field is None or field.section != section:
+                if field is not None:
+                    raise err(f"{section}.{key}", f"belongs in section [{field.section}]")
+                names = [k for k, f in FIELDS.items() if f.section == section]
+                raise err(f"{section}.{key}", "unknown field" + _suggest(key, FIELDS)
+                          + "; allowed in [" + section + "]: " + ", ".join(names))
+            given[key] = value
+
+    sweep_table = raw.get("sweep", {})
+    if not isinstance(sweep_table, dict):
+        raise err("sweep", "must be a table")
+    for key in sweep_table:
+        if key != "seeds":
+            raise err(f"sweep.{key}", "unknown field" + _suggest(key, ["seeds"])
+                      + "; allowed in [sweep]: seeds")
+    seeds = _parse_seeds(sweep_table.get("seeds", 1), err)
+
+    defaults = {k: f.default for k, f in FIELDS.items()}
+    defaults.update(PRESETS.get(preset, {}))
+    values = {}
+    for key, field in FIELDS.items():
+        values[key] = _parse_field(key, field, given.get(key, defaults[key]), err)
+
+    for s in values["signal_support"]:
+        for d in values["d"]:
+            if s > d:
+                raise err("data.signal_support", f"{s} exceeds d = {d}; allowed: "
+                          + FIELDS["signal_support"].allowed)
+    return Sweep(name=name, preset=preset, values=values, seeds=seeds, source=source)
+
+
+def _error_reporter(source: str):
+    def err(where: str, what: str) -> ConfigError:
+        location = f"{source}: {where}: " if where else f"{source}: "
+        return ConfigError(location + what)
+    return err
+
+
+def _suggest(key: str, names) -> str:
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse_seeds(value, err) -> tuple[int, ...]:
+    where = "sweep.seeds"
+    if isinstance(value, bool):
+        raise err(where, "must be a count (integer >= 1) or a list of integers >= 0")
+    if isinstance(value, int):
+        if value < 1:
+            raise err(where, f"count {value} is not >= 1 (an empty grid)")
+        return tuple(range(value))
+    if isinstance(value, list):
+        if not value:
+            raise err(where, "empty list (an empty grid); give a count or seeds >= 0")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31
+                   for s in value):
+            raise err(where, "a list must hold integers in [0, 2^31)")
+        if len(set(value)) != len(value):
+            raise err(where, "seeds must not repeat")
+        return tuple(value)
+    raise err(where, "must be a count (integer >= 1) or a list of integers >= 0")
+
+
+def _parse_field(key: str, field: Field, value, err) -> tuple:
+    where = f"{field.section}.{key}"
+    if isinstance(value, dict):
+        if field.kind not in ("int", "float"):
+            raise err(where, "a range table is only for numeric fields")
+        if not field.axis:
+            raise err(where, "cannot be swept; give one value")
+        values = _expand_range(value, field, where, err)
+    elif isinstance(value, list):
+        if not field.axis:
+            raise err(where, f"cannot be swept; give one value ({field.allowed})")
+        if not value:
+            raise err(where, "empty list (an empty grid)")
+        values = [_coerce(v, field, where, err) for v in value]
+    else:
+        values = [_coerce(value, field, where, err)]
+    for v in values:
+        if not field.check(v) or (field.kind == "choice" and v not in field.choices):
+            raise err(where, f"{v!r} is not allowed; allowed: {field.allowed}")
+    if len(set(values)) != len(values):
+        raise err(where, "values must not repeat")
+    return tuple(values)
+
+
+def _coerce(value, field: Field, where: str, err):
+    kind = field.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise err(where, f"{value!r} is not true or false")
+        return value
+    if kind == "choice":
+        if not isinstance(value, str):
+            raise err(where, f"{value!r} is not a string; allowed: {field.allowed}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(where, f"{value!r} is not a number; allowed: {field.allowed}")
+    if not math.isfinite(value):
+        raise err(where, f"{value!r} is not finite; allowed: {field.allowed}")
+    if kind == "int":
+        if float(value) != int(value):
+            raise err(where, f"{value!r} is not an integer; allowed: {field.allowed}")
+        return int(value)
+    return float(value)
+
+
+def _expand_range(table: dict, field: Field, where: str, err) -> list:
+    unknown = set(table) - RANGE_KEYS
+    if unknown:
+        raise err(where, f"unknown range key {sorted(unknown)[0]!r}; a range table has "
+                         "start, stop, num and optionally scale")
+    missing = {"start", "stop", "num"} - set(table)
+    if missing:
+        raise err(where, f"range table misses {', '.join(sorted(missing))}")
+    start, stop, num = table["start"], table["stop"], table["num"]
+    scale = table.get("scale", "linear")
+    for k, v in (("start", start), ("stop", stop)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise err(where, f"range {k} {v!r} is not a finite number")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise err(where, f"range num {num!r} is not an integer >= 1")
+    if scale not in RANGE_SCALES:
+        raise err(where, f"range scale {scale!r} is not allowed; allowed: "
+                         + ", ".join(RANGE_SCALES))
+    if scale == "linear":
+        grid = np.linspace(start, stop, num)
+    elif scale == "log":
+        if start <= 0 or stop <= 0:
+            raise err(where, "a log range needs start > 0 and stop > 0")
+        grid = np.geomspace(start, stop, num)
+    else:
+        if start >= 1 or stop >= 1:
+            raise err(where, "a log1m range needs start < 1 and stop < 1")
+        grid = 1.0 - np.geomspace(1.0 - start, 1.0 - stop, num)
+    if field.kind == "int":
+        values = list(dict.fromkeys(int(round(v)) for v in grid))
+    else:
+        # 12 significant digits: 0.3 instead of linspace's 0.30000000000000004.
+        values = list(dict.fromkeys(float(f"{v:.12g}") for v in grid))
+    return values

@@ -1,0 +1,300 @@
+"""Running a sweep: plan, run each chunk (resuming from checkpoints), write the results.
+
+Output directory::
+
+    sweep.toml         the resolved sweep; a resume must match it
+    plan.json          the chunks (fixed at the first start, so a resume replays them)
+    chunks/            one durable .npz per finished chunk: its final metrics and history
+    checkpoints/       orbax checkpoints of the chunk in flight
+    manifest.json      which chunks are done
+    results.csv        one row per run (rewritten after every chunk)
+    metrics.npz        every run's metrics at every evaluation step (long format)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxprune import results as res
+from jaxprune import train
+from jaxprune.checkpoint import ChunkCheckpoints
+from jaxprune.config import ConfigError, RunTable, Sweep, load_sweep
+from jaxprune.lock import DirectoryLock
+from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_memory_budget,
+                           plan_chunks)
+from jaxprune.spec import run_params_from_table
+
+__all__ = ["run", "SweepMismatch", "OutputError", "HISTORY_METRICS", "chunk_file",
+           "sweep_fingerprint"]
+
+#: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
+HISTORY_METRICS = train.Metrics._fields
+
+
+class SweepMismatch(ConfigError):
+    """The output directory holds another sweep."""
+
+
+class OutputError(RuntimeError):
+    """The output directory cannot be written."""
+
+
+def sweep_fingerprint(sweep: Sweep) -> str:
+    return hashlib.sha256(sweep.to_toml().encode()).hexdigest()[:16]
+
+
+def chunk_file(out: Path, index: int) -> Path:
+    return Path(out) / "chunks" / f"chunk-{index:05d}.npz"
+
+
+def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bool = False,
+        memory_budget: int | None = None, max_chunk_runs: int | None = None,
+        progress: bool = True, log: Callable[[str], None] | None = None
+        ) -> dict[str, np.ndarray]:
+    """Runs (or resumes) a sweep and returns its results table.
+
+    Args:
+      sweep: a ``Sweep`` or the path of a sweep file.
+      out: output directory (default ``runs/<name>``); resumed if it holds this sweep.
+      restart: discard whatever the directory holds and start over.
+      memory_budget: bytes one chunk may use (default: from the device).
+      max_chunk_runs: at most this many runs per chunk.
+      progress: show a progress bar.
+      log: where notes go (default: standard error).
+
+    Returns:
+      The columns of ``results.csv``, one entry per run in sweep order.
+
+    Raises:
+      SweepMismatch: ``out`` holds a different sweep (and ``restart`` is False).
+      LockedError: another process is writing to ``out``.
+      OutputError: ``out`` cannot be written; finished chunks are kept.
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = load_sweep(sweep)
+    out = Path(out) if out is not None else Path("runs") / sweep.name
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if "float64" in sweep.values["dtype"]:
+        jax.config.update("jax_enable_x64", True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with DirectoryLock(out) as lock:
+            if lock.took_over:
+                log(f"note: took over a stale lock of pid {lock.took_over.get('pid')}")
+            return _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress,
+                               log)
+    except OSError as e:
+        raise OutputError(
+            f"cannot write to {e.filename or out}: {e.strerror or e}. Finished chunks are kept "
+            f"in {out / 'chunks'}; fix the problem and run the same command to resume.") from e
+
+
+def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, log):
+    if restart:
+        for name in ("sweep.toml", "plan.json", "manifest.json", "results.csv", "metrics.npz"):
+            (out / name).unlink(missing_ok=True)
+        for name in ("chunks", "checkpoints"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    _check_same_sweep(sweep, out)
+    table = sweep.run_table()
+    chunks = _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs)
+    (out / "chunks").mkdir(exist_ok=True)
+
+    done = {c.index for c in chunks if _chunk_done(out, c, log)}
+    total = sum(len(c.run_ids) * c.static.steps for c in chunks)
+    finished = sum(len(c.run_ids) * c.static.steps for c in chunks if c.index in done)
+    if done:
+        log(f"resuming {out}: {len(done)} of {len(chunks)} chunks already done")
+    bar = tqdm(total=total, initial=finished, unit="run-step", unit_scale=True,
+               disable=not progress, dynamic_ncols=True, desc=sweep.name, file=sys.stderr)
+    try:
+        for chunk in chunks:
+            if chunk.index in done:
+                continue
+            _run_chunk(sweep, table, chunk, out, bar, log)
+            done.add(chunk.index)
+            _write_manifest(out, chunks, done)
+            _write_tables(table, out, sorted(done))
+    finally:
+        bar.close()
+    _write_manifest(out, chunks, done)
+    return _write_tables(table, out, sorted(done), with_metrics=True)
+
+
+def _check_same_sweep(sweep: Sweep, out: Path) -> None:
+    path = out / "sweep.toml"
+    if not path.exists():
+        if (out / "plan.json").exists() or (out / "chunks").exists():
+            raise SweepMismatch(f"{out}: holds sweep output but no sweep.toml; use a new "
+                                "directory, or --restart to discard it")
+        res.atomic_write(path, sweep.to_toml().encode())
+        return
+    try:
+        previous = load_sweep(path)
+    except ConfigError as e:
+        raise SweepMismatch(f"{out}: its sweep.toml is unreadable ({e}); use a new "
+                            "directory, or --restart to discard it") from None
+    diff = sweep.differences(previous)
+    if diff:
+        details = "; ".join(f"{k}: {_values(previous, k)} there, {_values(sweep, k)} here"
+                            for k in diff[:6])
+        raise SweepMismatch(
+            f"{out} holds a different sweep ({details}). Use a new --out directory, or "
+            "--restart to discard what it holds.")
+
+
+def _values(sweep: Sweep, key: str):
+    if key == "seeds":
+        return list(sweep.seeds)
+    if key == "name":
+        return sweep.name
+    v = sweep.values[key]
+    return v[0] if len(v) == 1 else list(v)
+
+
+def _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs) -> list[Chunk]:
+    path = out / "plan.json"
+    if path.exists():
+        plan = json.loads(path.read_text())
+        return [chunk_from_json(c) for c in plan["chunks"]]
+    budget = memory_budget or default_memory_budget()
+    chunks = plan_chunks(table, budget, max_chunk_runs)
+    res.write_json(path, {"fingerprint": sweep_fingerprint(sweep), "memory_budget": budget,
+                          "chunks": [chunk_to_json(c) for c in chunks]})
+    return chunks
+
+
+def _chunk_done(out: Path, chunk: Chunk, log) -> bool:
+    path = chunk_file(out, chunk.index)
+    if not path.exists():
+        return False
+    try:
+        data = res.read_npz(path)
+        if np.array_equal(np.sort(data["run"]), np.sort(chunk.run_ids)):
+            return True
+        log(f"warning: {path} holds other runs than planned; running that chunk again")
+    except Exception as e:
+        log(f"warning: {path} is unreadable ({e}); running that chunk again")
+    return False
+
+
+def _write_manifest(out: Path, chunks: list[Chunk], done: set[int]) -> None:
+    runs = sum(len(c.run_ids) for c in chunks)
+    runs_done = sum(len(c.run_ids) for c in chunks if c.index in done)
+    res.write_json(out / "manifest.json", {
+        "chunks": len(chunks), "chunks_done": sorted(done), "runs": runs,
+        "runs_done": runs_done})
+
+
+# ---------------------------------------------------------------------------------------------
+# One chunk.
+
+
+def _chunk_inputs(table: RunTable, chunk: Chunk):
+    """Run parameters ``(R,)`` and seeds ``(S,)`` of a chunk; empty slots copy a real run."""
+    ids = chunk.runs.copy()
+    for row in ids:
+        real = row[row != PAD]
+        row[row == PAD] = real[0] if len(real) else chunk.run_ids[0]
+    columns = {k: v[ids.reshape(-1)] for k, v in table.columns.items()}
+    params = run_params_from_table(columns, chunk.static.float_dtype)
+    seeds = np.asarray(table.columns["seed"][ids[:, 0]], np.uint32)
+    return jax.tree.map(jnp.asarray, params), jnp.asarray(seeds)
+
+
+def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log) -> None:
+    static = chunk.static
+    params, seeds = _chunk_inputs(table, chunk)
+    groups = train.make_groups(seeds, static)
+    checkpoints = ChunkCheckpoints(
+        out / "checkpoints" / f"chunk-{chunk.index:05d}",
+        identity={"chunk": chunk.index, "sweep": sweep_fingerprint(sweep)}, warn=log)
+    abstract = jax.eval_shape(lambda: train.init_state(params, groups, static))
+    restored = checkpoints.restore_latest(abstract)
+    if restored is None:
+        state = train.init_state(params, groups, static)
+        first = jax.device_get(train.evaluate(state, params, groups, static))
+        history = {"step": np.zeros(1, np.int64),
+                   **{k: np.asarray(v)[None] for k, v in first._asdict().items()}}
+    else:
+        state, history, step = restored
+        state = jax.tree.map(jnp.asarray, state)
+        log(f"chunk {chunk.index}: resumed from the checkpoint at step {step}")
+    real = len(chunk.run_ids)
+    t = int(history["step"][-1])
+    bar.update(real * t)
+    while t < static.steps:
+        stop = min((t // static.eval_every + 1) * static.eval_every, static.steps)
+        state, metrics = train.advance(state, params, groups, jnp.int32(stop - t), static)
+        metrics = jax.device_get(metrics)
+        history = {"step": np.append(history["step"], stop),
+                   **{k: np.concatenate([history[k], np.asarray(v)[None]])
+                      for k, v in metrics._asdict().items()}}
+        bar.update(real * (stop - t))
+        crossed = stop // sweep.values["checkpoint_every"][0] > t // sweep.values[
+            "checkpoint_every"][0]
+        t = stop
+        if crossed and t < static.steps:
+            checkpoints.save(t, state, history)
+    _write_chunk(out, chunk, state, params, static, history)
+    checkpoints.remove()
+    n_div = int(np.sum(np.asarray(state.diverged).reshape(-1)[chunk.runs.reshape(-1) != PAD]))
+    if n_div:
+        log(f"warning: chunk {chunk.index}: {n_div} run(s) diverged (non-finite loss); they "
+            "were frozen and are marked diverged in results.csv")
+
+
+def _write_chunk(out, chunk, state, params, static, history) -> None:
+    keep = chunk.runs.reshape(-1) != PAD
+    stats = jax.device_get(train.mask_stats(state, params, static))
+    final = {k: history[k][-1] for k in HISTORY_METRICS}
+    measured = dict(final)
+    measured["signal_learning"] = np.minimum(final["signal_learning_pos"],
+                                             final["signal_learning_neg"])
+    measured["signal_filters_pos"] = np.asarray(stats.signal_filters_pos)
+    measured["signal_filters_neg"] = np.asarray(stats.signal_filters_neg)
+    measured["signal_filters"] = np.minimum(stats.signal_filters_pos, stats.signal_filters_neg)
+    measured["realized_fraction"] = np.asarray(stats.realized_fraction)
+    measured["diverged"] = np.asarray(state.diverged)
+    arrays = {"run": chunk.runs.reshape(-1)[keep], "step": history["step"]}
+    arrays.update({k: np.asarray(v)[keep] for k, v in measured.items()})
+    arrays.update({f"history.{k}": history[k][:, keep] for k in HISTORY_METRICS})
+    res.write_npz(chunk_file(out, chunk.index), arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables of the whole sweep.
+
+
+def _write_tables(table: RunTable, out: Path, done: list[int], with_metrics: bool = False):
+    parts = [res.read_npz(chunk_file(out, i)) for i in done]
+    if not parts:
+        return {}
+    run_ids = np.concatenate([p["run"] for p in parts])
+    order = np.argsort(run_ids, kind="stable")
+    measured = {k: np.concatenate([p[k] for p in parts])[order] for k in res.METRIC_COLUMNS}
+    columns = res.results_columns(table, run_ids[order], measured)
+    res.write_csv(out / "results.csv", columns)
+    if with_metrics:
+        long = {"run": [], "step": [], **{k: [] for k in HISTORY_METRICS}}
+        for p in parts:
+            steps = p["step"]
+            long["run"].append(np.repeat(p["run"], len(steps)))
+            long["step"].append(np.tile(steps, len(p["run"])))
+            for k in HISTORY_METRICS:
+                long[k].append(p[f"history.{k}"].T.reshape(-1))
+        long = {k: np.concatenate(v) for k, v in long.items()}
+        order = np.lexsort((long["step"], long["run"]))
+        res.write_npz(out / "metrics.npz", {k: v[order] for k, v in long.items()})
+    return columns

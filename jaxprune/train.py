@@ -1,0 +1,254 @@
+"""Batched training: the state of R runs and the jitted multi-step gradient descent.
+
+The per-run functions below see one network; ``over_runs`` vmaps them outward once. A chunk's
+R = S * G runs are laid out as S data groups (one seed each) of G runs: inside a group the
+runs share their training set, so the G networks' products with the data become one large
+matrix product instead of G small ones.
+
+    L(W) = sum_i w_i softplus(-y_i f(x_i)),   w_i = 1/n for the run's n examples, 0 for padding
+    W <- W - eta * (M * grad L(W))              (plain GD; optax momentum / adam likewise)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxprune import masks
+from jaxprune.data import GroupData, Samples, group_data, observed_labels
+from jaxprune.model import CLASS_SIGN, Context, Network, example_loss, output
+from jaxprune.spec import RunParams, Static
+
+__all__ = ["TrainState", "Metrics", "MaskStats", "make_groups", "init_state", "advance",
+           "evaluate", "mask_stats", "optimizer", "run_loss", "context", "initial_network"]
+
+
+class TrainState(NamedTuple):
+    """The batched state; every leaf but ``step`` has a leading run axis R.
+
+    Attributes:
+      net: the networks (pruned entries exactly 0.0).
+      opt_state: the optax state of every run (its learning rate included).
+      mask: ``(R, 2, m, d)`` bool, True where a weight is kept.
+      diverged: ``(R,)`` bool; a diverged run is frozen.
+      step: the number of steps taken, a scalar.
+    """
+
+    net: Network
+    opt_state: Any
+    mask: jax.Array
+    diverged: jax.Array
+    step: jax.Array
+
+
+class Metrics(NamedTuple):
+    """Per-run measurements, each ``(R,)``."""
+
+    train_loss: jax.Array
+    train_error: jax.Array
+    test_loss: jax.Array
+    test_error: jax.Array
+    signal_learning_pos: jax.Array
+    signal_learning_neg: jax.Array
+    noise_memorization: jax.Array
+
+
+class MaskStats(NamedTuple):
+    """What the masks fix at initialization, per run."""
+
+    realized_fraction: jax.Array  # (R,) pruned share of the run's real weights
+    signal_filters_pos: jax.Array  # (R,) filters of class +1 that see the signal support
+    signal_filters_neg: jax.Array  # (R,) the same for class -1
+
+
+# ---------------------------------------------------------------------------------------------
+# One run.
+
+
+def optimizer(static: Static, learning_rate) -> optax.GradientTransformation:
+    """The run's optimizer, with its learning rate held in its state (so it can be swept)."""
+    if static.optimizer == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    momentum = static.momentum if static.optimizer == "momentum" else None
+    return optax.inject_hyperparams(optax.sgd, static_args=("momentum",))(
+        learning_rate=learning_rate, momentum=momentum)
+
+
+def context(p: RunParams, static: Static) -> Context:
+    """The run's forward-pass constants; ``a = 1/m`` (mean) or 1 (sum) on real filters only."""
+    dtype = static.float_dtype
+    scale = 1.0 / p.width if static.output_scale == "mean" else 1.0
+    weight = jnp.where(jnp.arange(static.width) < p.width, scale, 0.0).astype(dtype)
+    return Context(p.signal_norm, p.noise_std, weight)
+
+
+def sample_weights(count: jax.Array, padded: int, dtype) -> jax.Array:
+    """``1/count`` for the first ``count`` examples, 0 for padding."""
+    return jnp.where(jnp.arange(padded) < count, 1.0 / count, 0.0).astype(dtype)
+
+
+def signal_projection(w: jax.Array, static: Static) -> jax.Array:
+    """``<W[j,r], u>`` with ``u = 1_S / sqrt(s)``, computed on the support only: ``(2, m)``."""
+    s = static.signal_support
+    return jnp.sum(w[..., :s], axis=-1) / jnp.sqrt(jnp.asarray(s, w.dtype))
+
+
+def outputs(net: Network, ctx: Context, samples: Samples, static: Static) -> jax.Array:
+    """``f(x_i)`` for every example of a sample set: ``(N,)``."""
+    proj = signal_projection(net.w, static)
+    return jax.vmap(lambda c, z: output(net, ctx, proj, c, z, static))(
+        samples.clean, samples.noise)
+
+
+def run_loss(net: Network, ctx: Context, samples: Samples, labels: jax.Array,
+             weights: jax.Array, static: Static) -> jax.Array:
+    """``sum_i w_i softplus(-y_i f(x_i))``."""
+    return jnp.sum(weights * example_loss(labels * outputs(net, ctx, samples, static)))
+
+
+def initial_network(p: RunParams, g: GroupData, mask: jax.Array, static: Static) -> Network:
+    """``W(0) = scale * base * M``: N(0, init_std^2) or U(-1/sqrt(d), 1/sqrt(d)) draws."""
+    dtype = static.float_dtype
+    if static.init == "normal":
+        w = p.init_std * g.init_base
+    else:
+        w = g.init_base / jnp.sqrt(p.d.astype(dtype))
+    w = jnp.where(mask, w, 0.0).astype(dtype)
+    if not static.bias:
+        return Network(w, None)
+    real = jnp.arange(static.width) < p.width
+    b = g.bias_base / jnp.sqrt(p.d.astype(dtype)) if static.init == "uniform_fan_in" else 0.0
+    return Network(w, jnp.where(real, b, 0.0).astype(dtype))
+
+
+def _init_run(p: RunParams, g: GroupData, static: Static):
+    mask = masks.prune_mask(g.mask_scores, p.seed, p.fraction, p.d, p.width, static)
+    net = initial_network(p, g, mask, static)
+    return net, optimizer(static, p.learning_rate).init(net), mask
+
+
+def _step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData, static: Static):
+    dtype = static.float_dtype
+    labels = observed_labels(g.train, p.label_flip)
+    weights = sample_weights(p.n, static.n, dtype)
+    loss, grads = jax.value_and_grad(run_loss)(net, context(p, static), g.train, labels,
+                                               weights, static)
+    grads = grads._replace(w=jnp.where(mask, grads.w, 0.0))
+    # The update reads the learning rate from opt_state, not from the placeholder given here.
+    updates, new_opt_state = optimizer(static, 0.0).update(grads, opt_state, net)
+    new_net = optax.apply_updates(net, updates)
+    finite = jnp.isfinite(loss)
+    moving = finite & ~diverged
+
+    def keep(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(moving, a, b), new, old)
+
+    return keep(new_net, net), keep(new_opt_state, opt_state), diverged | ~finite
+
+
+def _metrics_run(net: Network, mask, p: RunParams, g: GroupData, static: Static):
+    dtype = static.float_dtype
+    ctx = context(p, static)
+    real_filter = jnp.arange(static.width) < p.width
+
+    def loss_and_error(samples, count, padded):
+        labels = observed_labels(samples, p.label_flip)
+        weights = sample_weights(count, padded, dtype)
+        margin = labels * outputs(net, ctx, samples, static)
+        # A non-finite margin counts as an error.
+        error = jnp.sum(weights * jnp.where(margin > 0, 0.0, 1.0))
+        return jnp.sum(weights * example_loss(margin)), error, labels, weights
+
+    train_loss, train_error, labels, weights = loss_and_error(g.train, p.n, static.n)
+    test_loss, test_error, _, _ = loss_and_error(g.test, p.n_test, static.n_test)
+
+    dw = net.w - initial_network(p, g, mask, static).w
+    # Signal learning: max_r j <dW[j,r], mu> per class j.
+    learned = jnp.asarray(CLASS_SIGN, dtype)[:, None] * p.signal_norm * signal_projection(
+        dw, static)
+    learned = jnp.max(jnp.where(real_filter, learned, -jnp.inf), axis=-1)
+    # Noise memorization: mean_i max_r <dW[y_i,r], xi_i>.
+    proj = p.noise_std * jnp.einsum("jmd,nd->njm", dw, g.train.noise)
+    own = jnp.where(labels[:, None] > 0, proj[:, 0, :], proj[:, 1, :])
+    memorized = jnp.sum(weights * jnp.max(jnp.where(real_filter, own, -jnp.inf), axis=-1))
+    return Metrics(train_loss, train_error, test_loss, test_error, learned[0], learned[1],
+                   memorized)
+
+
+def _mask_stats_run(mask, p: RunParams, static: Static):
+    total = 2 * p.width * p.d
+    kept = jnp.sum(mask, dtype=jnp.int32)
+    per_class = masks.signal_filters(mask, static)
+    return MaskStats(1.0 - kept / total, per_class[0], per_class[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# R runs: S data groups of G runs.
+
+
+def over_runs(fn, static: Static):
+    """Maps ``fn(*run_args, group)`` over R = S * G runs; run args have a leading R axis,
+    ``group`` a leading S axis, results a leading R axis."""
+    S, G = static.groups, static.group_size
+
+    def batched(*args):
+        *run_args, group = args
+        split = jax.tree.map(lambda a: a.reshape((S, G) + a.shape[1:]), run_args)
+        inner = jax.vmap(lambda *a: fn(*a[:-1], group=a[-1]),
+                         in_axes=(0,) * len(run_args) + (None,))
+        out = jax.vmap(inner)(*split, group)
+        return jax.tree.map(lambda a: a.reshape((S * G,) + a.shape[2:]), out)
+
+    return batched
+
+
+@functools.partial(jax.jit, static_argnames="static")
+def make_groups(seeds: jax.Array, static: Static) -> GroupData:
+    """The data and draws of each of the S seeds, ``(S, ...)``."""
+    return jax.vmap(lambda s: group_data(s, static))(seeds)
+
+
+@functools.partial(jax.jit, static_argnames="static")
+def init_state(params: RunParams, groups: GroupData, static: Static) -> TrainState:
+    """Masks, initial networks and optimizer states of the R runs."""
+    init = over_runs(lambda p, group: _init_run(p, group, static), static)
+    net, opt_state, mask = init(params, groups)
+    return TrainState(net, opt_state, mask, jnp.zeros(static.runs, bool),
+                      jnp.zeros((), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames="static")
+def evaluate(state: TrainState, params: RunParams, groups: GroupData,
+             static: Static) -> Metrics:
+    """Every run's metrics at the current step."""
+    metrics = over_runs(lambda net, m, p, group: _metrics_run(net, m, p, group, static), static)
+    return metrics(state.net, state.mask, params, groups)
+
+
+@functools.partial(jax.jit, static_argnames="static")
+def mask_stats(state: TrainState, params: RunParams, static: Static) -> MaskStats:
+    """Realized pruning fraction and signal-carrying filters of every run."""
+    return jax.vmap(lambda m, p: _mask_stats_run(m, p, static))(state.mask, params)
+
+
+@functools.partial(jax.jit, static_argnames="static", donate_argnums=0)
+def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
+            static: Static) -> tuple[TrainState, Metrics]:
+    """``num_steps`` GD steps of every run (one ``fori_loop``), then the metrics.
+
+    ``num_steps`` is traced, so segments of any length share one program.
+    """
+    step = over_runs(lambda net, o, m, dv, p, group: _step_run(net, o, m, dv, p, group, static),
+                     static)
+
+    def body(_, s: TrainState) -> TrainState:
+        net, opt_state, diverged = step(s.net, s.opt_state, s.mask, s.diverged, params, groups)
+        return s._replace(net=net, opt_state=opt_state, diverged=diverged)
+
+    state = jax.lax.fori_loop(0, num_steps, body, state)
+    state = state._replace(step=state.step + num_steps)
+    return state, evaluate(state, params, groups, static)
