@@ -81,14 +81,14 @@ def optimizer(static: Static, learning_rate) -> optax.GradientTransformation:
 def context(p: RunParams, static: Static) -> Context:
     """The run's forward-pass constants; ``a = 1/m`` (mean) or 1 (sum) on real filters only."""
     dtype = static.float_dtype
-    scale = 1.0 / p.width if static.output_scale == "mean" else 1.0
+    scale = 1.0 / p.width.astype(dtype) if static.output_scale == "mean" else 1.0
     weight = jnp.where(jnp.arange(static.width) < p.width, scale, 0.0).astype(dtype)
     return Context(p.signal_norm, p.noise_std, weight)
 
 
 def sample_weights(count: jax.Array, padded: int, dtype) -> jax.Array:
     """``1/count`` for the first ``count`` examples, 0 for padding."""
-    return jnp.where(jnp.arange(padded) < count, 1.0 / count, 0.0).astype(dtype)
+    return jnp.where(jnp.arange(padded) < count, 1.0 / count.astype(dtype), 0.0).astype(dtype)
 
 
 def signal_projection(w: jax.Array, static: Static) -> jax.Array:
@@ -180,8 +180,9 @@ def _metrics_run(net: Network, mask, p: RunParams, g: GroupData, static: Static)
 
 
 def _mask_stats_run(mask, p: RunParams, static: Static):
-    total = 2 * p.width * p.d
-    kept = jnp.sum(mask, dtype=jnp.int32)
+    dtype = static.float_dtype
+    total = (2 * p.width * p.d).astype(dtype)
+    kept = jnp.sum(mask, dtype=jnp.int32).astype(dtype)
     per_class = masks.signal_filters(mask, static)
     return MaskStats(1.0 - kept / total, per_class[0], per_class[1])
 

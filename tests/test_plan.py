@@ -1,0 +1,58 @@
+"""Shape buckets and chunk layout."""
+
+import numpy as np
+
+from conftest import tiny_sweep
+from jaxprune.plan import PAD, padded_sizes, plan_chunks, run_bytes
+
+
+def test_padded_sizes_minimise_padded_work_with_few_buckets():
+    mapping = padded_sizes([10, 11, 12, 100, 101], max_buckets=2)
+    assert mapping == {10: 12, 11: 12, 12: 12, 100: 101, 101: 101}
+    assert padded_sizes([5, 5, 7], max_buckets=4) == {5: 5, 7: 7}
+    d_values = range(100, 2100, 20)  # 100 values of d
+    mapping = padded_sizes(d_values, max_buckets=4)
+    assert len(set(mapping.values())) == 4
+    assert all(mapping[v] >= v for v in d_values)
+
+    # Optimal: no split of 12 sorted values into 3 contiguous buckets does less padded work.
+    values = [3, 4, 9, 10, 11, 30, 31, 50, 52, 53, 90, 91]
+    mapping = padded_sizes(values, max_buckets=3)
+    best = min(
+        sum(max(g) * len(g) for g in (values[:i], values[i:j], values[j:]))
+        for i in range(1, 11) for j in range(i + 1, 12))
+    assert sum(mapping[v] for v in values) == best
+
+
+def test_a_sweep_over_100_values_of_d_compiles_four_programs():
+    sweep = tiny_sweep(data={"d": {"start": 50, "stop": 2000, "num": 100}},
+                       prune={"fraction": 0.5})
+    chunks = plan_chunks(sweep.run_table(), memory_budget=2**33)
+    assert len({c.static for c in chunks}) == 4
+    assert sum(len(c.run_ids) for c in chunks) == 200
+
+
+def test_chunks_cover_every_run_once_and_respect_the_limits():
+    sweep = tiny_sweep(prune={"fraction": [0.0, 0.2, 0.4, 0.6, 0.8]}, sweep={"seeds": 7})
+    table = sweep.run_table()
+    for max_runs in (None, 1, 3, 4, 10):
+        chunks = plan_chunks(table, memory_budget=2**33, max_runs=max_runs)
+        ids = np.concatenate([c.run_ids for c in chunks])
+        assert sorted(ids) == list(range(len(table)))
+        assert len({c.static for c in chunks}) == 1  # one program for the whole sweep
+        for c in chunks:
+            if max_runs:
+                assert c.static.runs <= max(max_runs, c.static.group_size)
+            for row in c.runs:  # a row holds runs of one seed
+                real = row[row != PAD]
+                assert len(set(table.columns["seed"][real])) <= 1
+
+
+def test_memory_budget_bounds_the_chunk():
+    sweep = tiny_sweep(prune={"fraction": [0.0, 0.5]}, sweep={"seeds": 16})
+    table = sweep.run_table()
+    chunks = plan_chunks(table, memory_budget=2**33)
+    per_run = run_bytes(chunks[0].static)
+    small = plan_chunks(table, memory_budget=5 * per_run)
+    assert len(chunks) == 1 and len(small) > 1
+    assert all(c.static.runs * per_run <= 5 * per_run for c in small)

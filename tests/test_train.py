@@ -1,0 +1,196 @@
+"""The batched engine against the literal float64 reference, one run at a time."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_dict
+from jaxprune import train
+from jaxprune.config import sweep_from_dict
+from jaxprune.data import observed_labels
+from jaxprune.model import Network
+from jaxprune.plan import PAD, plan_chunks
+from jaxprune.spec import run_params_from_table
+from reference import Reference
+
+STEPS = 12
+
+OPTION_SETS = {
+    # Mixed sizes padded into one program; the theory's defaults (q = 3, plain GD).
+    "padded-defaults": dict(
+        data={"d": [30, 40], "n": [6, 8], "n_test": [20, 32]},
+        model={"width": [3, 4]}, prune={"fraction": [0.0, 0.6]}),
+    # Kou et al.'s conventions with an exact mask and momentum.
+    "kou-exact-momentum": dict(
+        preset="kou2023",
+        data={"d": 40, "n": 8, "n_test": 32, "label_flip": 0.2, "signal_norm": 2.0},
+        model={"width": 4}, prune={"fraction": [0.25, 0.7], "mask": "exact"},
+        train={"optimizer": "momentum", "learning_rate": 0.1, "steps": STEPS}),
+    # Adam, a fractional power, orthogonal noise, a 3-sparse signal, swept scalars.
+    "adam-orthogonal": dict(
+        data={"d": 36, "n": 8, "n_test": 24, "noise_orthogonal": True, "signal_support": 3,
+              "label_flip": 0.1, "signal_norm": [2.0, 4.0], "noise_std": [0.5, 1.0]},
+        model={"width": 3, "activation_power": 2.5, "init_std": [0.01, 0.05]},
+        prune={"fraction": 0.4}, train={"optimizer": "adam", "learning_rate": 0.01}),
+}
+
+
+def build(raw_sections, max_buckets=1):
+    """The sweep, its run table and one chunk holding every run (sizes padded together)."""
+    raw = tiny_dict(**{k: v for k, v in raw_sections.items() if k != "preset"})
+    if "preset" in raw_sections:
+        raw["preset"] = raw_sections["preset"]
+        # Let the preset decide what the tiny defaults would otherwise fix.
+        raw["train"].pop("learning_rate", None)
+    raw["train"].update(steps=STEPS, dtype="float64")
+    sweep = sweep_from_dict(raw)
+    table = sweep.run_table()
+    (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=max_buckets)
+    return sweep, table, chunk
+
+
+def run_batched(table, chunk, steps=STEPS):
+    """Runs a chunk for ``steps`` steps; returns run ids in layout order, state, metrics."""
+    assert not (chunk.runs == PAD).any()
+    ids = chunk.runs.reshape(-1)
+    cols = {k: v[ids] for k, v in table.columns.items()}
+    static = chunk.static
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
+    groups = train.make_groups(seeds, static)
+    state = train.init_state(params, groups, static)
+    state, metrics = train.advance(state, params, groups, jnp.int32(steps), static)
+    return ids, jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("name", OPTION_SETS)
+def test_batched_runs_equal_reference_runs(name):
+    _, table, chunk = build(OPTION_SETS[name])
+    ids, state, metrics = run_batched(table, chunk)
+    assert len(ids) >= 4
+    # Check a sample of the batch against the (slow) reference.
+    picked = np.random.default_rng(0).choice(len(ids), min(len(ids), 5), replace=False)
+    for pos in picked:
+        row = table.row(ids[pos])
+        ref = Reference(row)
+        params = ref.fit(STEPS)
+        m, d = row["width"], row["d"]
+        w = state.net.w[pos]
+        np.testing.assert_allclose(w[:, :m, :d], np.asarray(params["w"]) * ref.mask,
+                                   rtol=1e-10, atol=1e-13)
+        assert np.all(w[:, m:, :] == 0) and np.all(w[:, :, d:] == 0)  # padding stays empty
+        if row["bias"]:
+            np.testing.assert_allclose(state.net.b[pos][:, :m], params["b"], rtol=1e-10,
+                                       atol=1e-13)
+        expected = ref.metrics(params)
+        for key, value in expected.items():
+            np.testing.assert_allclose(getattr(metrics, key)[pos], value, rtol=1e-10,
+                                       atol=1e-12, err_msg=f"{key} of run {row}")
+
+
+def test_training_makes_progress_and_metrics_are_not_trivial():
+    _, table, chunk = build(OPTION_SETS["padded-defaults"])
+    _, _, before = run_batched(table, chunk, steps=0)
+    _, _, after = run_batched(table, chunk, steps=STEPS)
+    assert np.all(after.train_loss < before.train_loss)
+    assert np.all(after.noise_memorization > before.noise_memorization)
+    assert np.allclose(before.signal_learning_pos, 0) and np.allclose(before.noise_memorization, 0)
+
+
+def single_run(name="adam-orthogonal", index=0):
+    """One run's per-run inputs, taken out of the batch, for gradient checks."""
+    _, table, chunk = build(OPTION_SETS[name])
+    static = dataclasses.replace(chunk.static, groups=1, group_size=1)
+    run_id = chunk.runs[0, index]
+    row = table.row(run_id)
+    cols = {k: v[[run_id]] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    groups = train.make_groups(jnp.asarray([row["seed"]], jnp.uint32), static)
+    state = train.init_state(params, groups, static)
+    p = jax.tree.map(lambda a: a[0], params)
+    g = jax.tree.map(lambda a: a[0], groups)
+    net = jax.tree.map(lambda a: a[0], state.net)
+    return row, static, p, g, net, state.mask[0]
+
+
+@pytest.mark.parametrize("name", ["adam-orthogonal", "kou-exact-momentum"])
+def test_gradient_matches_reference_grad_and_finite_differences(name):
+    row, static, p, g, net, mask = single_run(name)
+    # Move away from the initialization so every filter is active.
+    rng = np.random.default_rng(0)
+    w = np.asarray(net.w) + 0.05 * rng.standard_normal(net.w.shape) * np.asarray(mask)
+    net = Network(jnp.asarray(w), net.b)
+
+    def engine_loss(n):
+        labels = observed_labels(g.train, p.label_flip)
+        weights = train.sample_weights(p.n, static.n, static.float_dtype)
+        return train.run_loss(n, train.context(p, static), g.train, labels, weights, static)
+
+    grad = jax.grad(engine_loss)(net)
+    ref = Reference(row)
+    params = {"w": net.w}
+    if net.b is not None:
+        params["b"] = net.b
+    ref_grad = jax.grad(lambda q: ref.loss(q, ref.train))(params)
+    np.testing.assert_allclose(engine_loss(net), ref.loss(params, ref.train), rtol=1e-12)
+    np.testing.assert_allclose(np.where(mask, grad.w, 0), ref_grad["w"], rtol=1e-9,
+                               atol=1e-14)
+    if net.b is not None:
+        np.testing.assert_allclose(grad.b, ref_grad["b"], rtol=1e-9, atol=1e-14)
+
+    # Central finite differences at a few kept weights.
+    kept = np.argwhere(np.asarray(mask))
+    for j, r, k in kept[rng.choice(len(kept), 5, replace=False)]:
+        eps = 1e-6
+        bump = np.zeros_like(w)
+        bump[j, r, k] = eps
+        up = engine_loss(Network(net.w + bump, net.b))
+        down = engine_loss(Network(net.w - bump, net.b))
+        np.testing.assert_allclose((up - down) / (2 * eps), grad.w[j, r, k], rtol=1e-5,
+                                   atol=1e-10)
+
+
+def test_pruned_weights_stay_exactly_zero_for_every_optimizer():
+    for optimizer in ("gd", "momentum", "adam"):
+        raw = dict(OPTION_SETS["padded-defaults"], train={"optimizer": optimizer})
+        _, table, chunk = build(raw)
+        _, state, _ = run_batched(table, chunk, steps=30)
+        w, mask = state.net.w, state.mask
+        assert np.all(w[~mask] == 0.0)
+        assert np.count_nonzero(w[mask]) == mask.sum()  # and the kept weights did move
+
+
+def test_new_swept_values_do_not_recompile():
+    base = dict(OPTION_SETS["padded-defaults"])
+    _, table, chunk = build(base)
+    run_batched(table, chunk)
+    compiled = train.advance._cache_size()
+    changed = dict(base, prune={"fraction": [0.1, 0.9]},
+                   data=dict(base["data"], signal_norm=5.0, noise_std=0.7, label_flip=0.1),
+                   model=dict(base["model"], init_std=0.02), train={"learning_rate": 0.3})
+    _, table2, chunk2 = build(changed)
+    assert chunk2.static == chunk.static
+    run_batched(table2, chunk2)
+    assert train.advance._cache_size() == compiled
+
+
+def test_a_run_does_not_depend_on_its_batch_or_layout():
+    sweep_sections = OPTION_SETS["padded-defaults"]
+    _, table, chunk = build(sweep_sections)
+    ids, state, metrics = run_batched(table, chunk)
+    # The same runs, one per chunk (G = S = 1) or in a different layout.
+    for max_runs in (1, 3):
+        for small in plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1):
+            real = small.runs.reshape(-1)
+            if (real == PAD).any():
+                continue
+            sub_ids, sub_state, sub_metrics = run_batched(table, small)
+            for pos, run_id in enumerate(sub_ids):
+                full = int(np.flatnonzero(ids == run_id)[0])
+                np.testing.assert_allclose(sub_state.net.w[pos], state.net.w[full],
+                                           rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(sub_metrics.test_loss[pos],
+                                           metrics.test_loss[full], rtol=1e-12)
