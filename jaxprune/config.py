@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import math
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -128,6 +128,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 RANGE_KEYS = {"start", "stop", "num", "scale"}
 RANGE_SCALES = ("linear", "log", "log1m")
+SEEDS_ALLOWED = "a count (an integer >= 1) or a list of distinct integers in [0, 2^31)"
+INT_LIMIT = 2**31  # integer fields are shapes and step counts: int32 on device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +148,7 @@ class Sweep:
     preset: str | None
     values: dict[str, tuple]
     seeds: tuple[int, ...]
-    source: str = "<sweep>"
+    source: str = dataclasses.field(default="<sweep>", compare=False)
 
     @property
     def axes(self) -> list[str]:
@@ -230,10 +232,20 @@ def _toml_value(v) -> str:
     if isinstance(v, (float, np.floating)):
         return repr(float(v))
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_toml_char(c) for c in v) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _toml_char(c: str) -> str:
+    """One character of a TOML basic string: quote and backslash escaped, control characters
+    as ``\\uXXXX``."""
+    if c in '"\\':
+        return "\\" + c
+    if ord(c) < 0x20 or ord(c) == 0x7F:
+        return f"\\u{ord(c):04X}"
+    return c
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -247,6 +259,8 @@ def load_sweep(path: str | Path) -> Sweep:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read sweep file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -267,18 +281,17 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>",
     top_allowed = {"name", "preset", *SECTIONS}
     for key in raw:
         if key not in top_allowed:
-            hint = _suggest(key, top_allowed | set(FIELDS))
-            where = "a top-level key" if key not in FIELDS else "a field outside its section"
             if key in FIELDS:
                 raise err(key, f"belongs in section [{FIELDS[key].section}]")
-            raise err(key, f"unknown {where}{hint}; allowed: name, preset, "
+            hint = _suggest(key, top_allowed | set(FIELDS))
+            raise err(key, f"unknown top-level key{hint}; allowed: name, preset, "
                            + ", ".join(f"[{s}]" for s in SECTIONS))
 
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name or "/" in name:
         raise err("name", "must be a non-empty string without '/'")
     preset = raw.get("preset")
-    if preset is not None and preset not in PRESETS:
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise err("preset", f"unknown preset {preset!r}; allowed: " + ", ".join(PRESETS))
 
     given: dict[str, Any] = {}
@@ -333,22 +346,34 @@ def _suggest(key: str, names) -> str:
 
 def _parse_seeds(value, err) -> tuple[int, ...]:
     where = "sweep.seeds"
-    if isinstance(value, bool):
-        raise err(where, "must be a count (integer >= 1) or a list of integers >= 0")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
-            raise err(where, f"count {value} is not >= 1 (an empty grid)")
+            raise err(where, f"count {value} gives an empty grid; allowed: {SEEDS_ALLOWED}")
+        if value > INT_LIMIT:
+            raise err(where, f"count {value} is too large; allowed: {SEEDS_ALLOWED}")
         return tuple(range(value))
-    if isinstance(value, list):
-        if not value:
-            raise err(where, "empty list (an empty grid); give a count or seeds >= 0")
-        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31
-                   for s in value):
-            raise err(where, "a list must hold integers in [0, 2^31)")
-        if len(set(value)) != len(value):
-            raise err(where, "seeds must not repeat")
-        return tuple(value)
-    raise err(where, "must be a count (integer >= 1) or a list of integers >= 0")
+    if not isinstance(value, list):
+        raise err(where, f"{value!r} is not allowed; allowed: {SEEDS_ALLOWED}")
+    if not value:
+        raise err(where, f"empty list (an empty grid); allowed: {SEEDS_ALLOWED}")
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < INT_LIMIT:
+            raise err(where, f"seed {s!r} is not allowed; allowed: {SEEDS_ALLOWED}")
+    _check_distinct(value, where, err)
+    return tuple(value)
+
+
+def _check_distinct(values, where: str, err) -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise err(where, f"{v!r} appears twice; values must not repeat")
+        seen.add(v)
+
+
+def _finite(v) -> bool:
+    """Whether a number (int or float) is finite as a float: not inf, nan or a huge int."""
+    return abs(v) <= sys.float_info.max
 
 
 def _parse_field(key: str, field: Field, value, err) -> tuple:
@@ -357,21 +382,22 @@ def _parse_field(key: str, field: Field, value, err) -> tuple:
         if field.kind not in ("int", "float"):
             raise err(where, "a range table is only for numeric fields")
         if not field.axis:
-            raise err(where, "cannot be swept; give one value")
+            raise err(where, f"cannot be swept; give one value ({field.allowed})")
         values = _expand_range(value, field, where, err)
     elif isinstance(value, list):
         if not field.axis:
             raise err(where, f"cannot be swept; give one value ({field.allowed})")
         if not value:
-            raise err(where, "empty list (an empty grid)")
+            raise err(where, f"empty list (an empty grid); allowed: {field.allowed}")
         values = [_coerce(v, field, where, err) for v in value]
     else:
         values = [_coerce(value, field, where, err)]
     for v in values:
         if not field.check(v) or (field.kind == "choice" and v not in field.choices):
             raise err(where, f"{v!r} is not allowed; allowed: {field.allowed}")
-    if len(set(values)) != len(values):
-        raise err(where, "values must not repeat")
+        if field.kind == "int" and abs(v) >= INT_LIMIT:
+            raise err(where, f"{v!r} is too large; allowed: {field.allowed}, below 2^31")
+    _check_distinct(values, where, err)
     return tuple(values)
 
 
@@ -379,7 +405,7 @@ def _coerce(value, field: Field, where: str, err):
     kind = field.kind
     if kind == "bool":
         if not isinstance(value, bool):
-            raise err(where, f"{value!r} is not true or false")
+            raise err(where, f"{value!r} is not a boolean; allowed: {field.allowed}")
         return value
     if kind == "choice":
         if not isinstance(value, str):
@@ -387,10 +413,10 @@ def _coerce(value, field: Field, where: str, err):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise err(where, f"{value!r} is not a number; allowed: {field.allowed}")
-    if not math.isfinite(value):
+    if not _finite(value):
         raise err(where, f"{value!r} is not finite; allowed: {field.allowed}")
     if kind == "int":
-        if float(value) != int(value):
+        if value != int(value):
             raise err(where, f"{value!r} is not an integer; allowed: {field.allowed}")
         return int(value)
     return float(value)
@@ -407,7 +433,7 @@ def _expand_range(table: dict, field: Field, where: str, err) -> list:
     start, stop, num = table["start"], table["stop"], table["num"]
     scale = table.get("scale", "linear")
     for k, v in (("start", start), ("stop", stop)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
             raise err(where, f"range {k} {v!r} is not a finite number")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise err(where, f"range num {num!r} is not an integer >= 1")
@@ -418,11 +444,13 @@ def _expand_range(table: dict, field: Field, where: str, err) -> list:
         grid = np.linspace(start, stop, num)
     elif scale == "log":
         if start <= 0 or stop <= 0:
-            raise err(where, "a log range needs start > 0 and stop > 0")
+            raise err(where, f"a log range needs start > 0 and stop > 0, not {start!r} and "
+                             f"{stop!r}")
         grid = np.geomspace(start, stop, num)
     else:
         if start >= 1 or stop >= 1:
-            raise err(where, "a log1m range needs start < 1 and stop < 1")
+            raise err(where, f"a log1m range needs start < 1 and stop < 1, not {start!r} and "
+                             f"{stop!r}")
         grid = 1.0 - np.geomspace(1.0 - start, 1.0 - stop, num)
     if field.kind == "int":
         values = list(dict.fromkeys(int(round(v)) for v in grid))

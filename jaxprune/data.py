@@ -9,6 +9,8 @@ and the *standardized* noise ``z = xi / sigma_p`` (projected onto the complement
 Every random number is drawn per example (and per filter) from ``fold_in`` of the seed's named
 stream, with coordinate j of a row the j-th draw of that row's key: the values a run sees do
 not depend on padding, so ``d`` = 1000 and ``d`` = 1200 share their first 1000 coordinates.
+Draws are always made in float32 and then cast, so a float64 sweep sees the same data as a
+float32 one, whatever JAX's x64 mode.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 from jaxprune.spec import Static
 
 __all__ = ["STREAMS", "Samples", "GroupData", "stream_key", "sample_set", "group_data",
-           "observed_labels", "signal_direction", "filter_rows"]
+           "observed_labels", "filter_rows", "normal", "uniform"]
 
 #: Named random streams of a seed; a run's randomness never depends on its batch position.
 STREAMS = {"train": 1, "test": 2, "init": 3, "bias": 4, "mask": 5}
@@ -63,10 +65,14 @@ def stream_key(seed: jax.Array, name: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), STREAMS[name])
 
 
-def signal_direction(static: Static, dtype) -> jax.Array:
-    """``mu / |mu|``: ``1/sqrt(s)`` on the first ``s`` coordinates, as a ``(d,)`` vector."""
-    s = static.signal_support
-    return jnp.where(jnp.arange(static.d) < s, 1.0 / jnp.sqrt(s), 0.0).astype(dtype)
+def normal(key: jax.Array, shape, dtype) -> jax.Array:
+    """Standard normal draws, made in float32 and cast to ``dtype``."""
+    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+def uniform(key: jax.Array, shape, dtype, low=0.0, high=1.0) -> jax.Array:
+    """``U(low, high)`` draws, made in float32 and cast to ``dtype``."""
+    return jax.random.uniform(key, shape, jnp.float32, low, high).astype(dtype)
 
 
 def sample_set(key: jax.Array, count: int, static: Static, dtype) -> Samples:
@@ -74,9 +80,9 @@ def sample_set(key: jax.Array, count: int, static: Static, dtype) -> Samples:
 
     def one(i):
         k_label, k_flip, k_noise = jax.random.split(jax.random.fold_in(key, i), 3)
-        clean = jnp.where(jax.random.bernoulli(k_label), 1.0, -1.0).astype(dtype)
-        flip_draw = jax.random.uniform(k_flip, dtype=dtype)
-        z = jax.random.normal(k_noise, (static.d,), dtype)
+        clean = jnp.where(uniform(k_label, (), jnp.float32) < 0.5, 1.0, -1.0).astype(dtype)
+        flip_draw = uniform(k_flip, (), dtype)
+        z = normal(k_noise, (static.d,), dtype)
         if static.noise_orthogonal:
             # z - <z, u> u with u = 1_S / sqrt(s): subtract the mean over the signal support.
             on_support = jnp.arange(static.d) < static.signal_support
@@ -102,11 +108,11 @@ def group_data(seed: jax.Array, static: Static) -> GroupData:
     """All the draws a seed fixes, at the bucket's padded sizes."""
     dtype = static.float_dtype
     if static.init == "normal":
-        init_sampler = lambda k, shape: jax.random.normal(k, shape, dtype)
+        init_sampler = lambda k, shape: normal(k, shape, dtype)
     else:
-        init_sampler = lambda k, shape: jax.random.uniform(k, shape, dtype, -1.0, 1.0)
+        init_sampler = lambda k, shape: uniform(k, shape, dtype, -1.0, 1.0)
     bias_key = stream_key(seed, "bias")
-    bias_base = jax.vmap(lambda j: jax.random.uniform(
+    bias_base = jax.vmap(lambda j: uniform(
         jax.random.fold_in(bias_key, j), (static.width,), dtype, -1.0, 1.0))(
             jnp.arange(2, dtype=jnp.uint32))
     return GroupData(
@@ -115,7 +121,7 @@ def group_data(seed: jax.Array, static: Static) -> GroupData:
         init_base=filter_rows(stream_key(seed, "init"), static, init_sampler),
         bias_base=bias_base,
         mask_scores=filter_rows(stream_key(seed, "mask"), static,
-                                lambda k, shape: jax.random.uniform(k, shape, dtype)),
+                                lambda k, shape: uniform(k, shape, dtype)),
     )
 
 

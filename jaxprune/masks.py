@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxprune.data import filter_rows, stream_key
+from jaxprune.data import filter_rows, stream_key, uniform
 from jaxprune.spec import Static
 
 __all__ = ["valid_weights", "prune_mask", "kept_count", "signal_filters"]
@@ -41,8 +41,7 @@ def prune_mask(scores: jax.Array, seed: jax.Array, fraction: jax.Array, d: jax.A
         # Fresh scores per fraction: fold the fraction's bits into the seed's mask stream.
         bits = jax.lax.bitcast_convert_type(fraction.astype(jnp.float32), jnp.uint32)
         key = jax.random.fold_in(stream_key(seed, "mask"), bits)
-        scores = filter_rows(key, static,
-                             lambda k, shape: jax.random.uniform(k, shape, scores.dtype))
+        scores = filter_rows(key, static, lambda k, shape: uniform(k, shape, scores.dtype))
     valid = valid_weights(d, width, static)
     if static.mask == "bernoulli":
         return valid & (scores >= fraction)
