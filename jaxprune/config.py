@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import sys
 import tomllib
 from pathlib import Path
@@ -128,6 +129,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 RANGE_KEYS = {"start", "stop", "num", "scale"}
 RANGE_SCALES = ("linear", "log", "log1m")
+#: The most runs one sweep may expand to (a guard against typos like num = 1e9).
+MAX_RUNS = 10_000_000
 SEEDS_ALLOWED = "a count (an integer >= 1) or a list of distinct integers in [0, 2^31)"
 INT_LIMIT = 2**31  # integer fields are shapes and step counts: int32 on device
 
@@ -329,6 +332,9 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>",
             if s > d:
                 raise err("data.signal_support", f"{s} exceeds d = {d}; allowed: "
                           + FIELDS["signal_support"].allowed)
+    runs = math.prod(len(v) for v in values.values()) * len(seeds)
+    if runs > MAX_RUNS:
+        raise err("", f"the grid has {runs} runs; at most {MAX_RUNS} are allowed in one sweep")
     return Sweep(name=name, preset=preset, values=values, seeds=seeds, source=source)
 
 
@@ -435,8 +441,8 @@ def _expand_range(table: dict, field: Field, where: str, err) -> list:
     for k, v in (("start", start), ("stop", stop)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
             raise err(where, f"range {k} {v!r} is not a finite number")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise err(where, f"range num {num!r} is not an integer >= 1")
+    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_RUNS:
+        raise err(where, f"range num {num!r} is not an integer in [1, {MAX_RUNS}]")
     if scale not in RANGE_SCALES:
         raise err(where, f"range scale {scale!r} is not allowed; allowed: "
                          + ", ".join(RANGE_SCALES))

@@ -135,9 +135,12 @@ BAD = {
     "linear range past 1": ("[prune]\nfraction = {start = 0.5, stop = 1.5, num = 3}",
                             "prune.fraction: 1.0 is not allowed; allowed: a number in [0, 1)"),
     "range num 0": ("[prune]\nfraction = {start = 0, stop = 0.5, num = 0}",
-                    "prune.fraction: range num 0 is not an integer >= 1"),
+                    "prune.fraction: range num 0 is not an integer in [1, 10000000]"),
+    "grid too large": ("[data]\nd = {start = 1, stop = 3000, num = 3000}\n"
+                       "[prune]\nfraction = {start = 0, stop = 0.9, num = 5000}",
+                       "the grid has 15000000 runs; at most 10000000 are allowed in one sweep"),
     "range num float": ("[prune]\nfraction = {start = 0, stop = 0.5, num = 2.5}",
-                        "prune.fraction: range num 2.5 is not an integer >= 1"),
+                        "prune.fraction: range num 2.5 is not an integer in [1, 10000000]"),
     "range start string": ('[prune]\nfraction = {start = "0", stop = 0.5, num = 3}',
                            "prune.fraction: range start '0' is not a finite number"),
     "range unknown scale": ('[prune]\nfraction = {start = 0, stop = 0.5, num = 3, '
