@@ -1,16 +1,27 @@
 """Checkpoints of the chunk in flight, through orbax-checkpoint (the only module that uses it).
 
 A checkpoint holds the batched ``TrainState``, the metrics recorded so far and a small JSON
-record: the chunk, the step, the sweep's fingerprint and a SHA-256 of every array. Restoring
-checks all of them, so a truncated, garbled or foreign checkpoint is refused whole, never
-loaded in part; the manager keeps the previous checkpoint to fall back on.
+record: the chunk, the step, the sweep's fingerprint and a SHA-256 of every array. Once orbax
+has finished a step, a SHA-256 of each of its files is written next to them (``FILE_DIGESTS``).
+Restoring checks the files before orbax reads them (so a truncated, garbled, missing or
+half-written file is refused cleanly), then the record, the structure and the arrays: a
+checkpoint is loaded whole or not at all. The manager keeps the previous checkpoint to fall
+back on; a checkpoint that fails is reported and deleted (the resumed chunk writes that step
+again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import json
 import logging
+import os
+import re
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,14 +29,26 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["ChunkCheckpoints", "tree_digest", "saved_steps"]
+from jaxprune.results import write_json
 
-logging.getLogger("absl").setLevel(logging.WARNING)
+__all__ = ["ChunkCheckpoints", "tree_digest", "file_digests", "saved_steps", "FILE_DIGESTS"]
+
+#: The SHA-256 of every file of a step, in the step's folder; written last.
+FILE_DIGESTS = "files.sha256.json"
+
+_absl = logging.getLogger("absl")
+_absl.setLevel(logging.WARNING)
 
 
 def _flatten(tree) -> dict[str, Any]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (but ``FILE_DIGESTS``), by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != FILE_DIGESTS}
 
 
 def tree_digest(tree) -> str:
@@ -45,32 +68,57 @@ class ChunkCheckpoints:
       directory: where the steps go (one sub-folder per step).
       identity: JSON-able facts a checkpoint must match (chunk index, sweep fingerprint).
       warn: called with a message when a checkpoint is skipped.
+
+    Attributes:
+      discarded: steps found unusable (and deleted) by ``restore_latest``.
     """
 
     def __init__(self, directory: Path, identity: dict, warn: Callable[[str], None]):
         self.directory = Path(directory)
         self.identity = identity
         self.warn = warn
+        self.discarded: list[int] = []
         self._manager = None
 
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
+            # The half-written steps of a killed process (orbax's own clean-up runs in a
+            # thread, whose errors would arrive late and as log noise).
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=2, enable_async_checkpointing=False, create=True)
             self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
         return self._manager
 
     def save(self, step: int, state, history: dict[str, np.ndarray]) -> None:
-        """Saves ``state`` and ``history`` at ``step``, durably, before returning."""
+        """Saves ``state`` and ``history`` at ``step``, durably, before returning.
+
+        Raises:
+          OSError: the checkpoint could not be written (orbax's own errors included).
+        """
         arrays = {"state": _flatten(state), "history": history}
         record = dict(self.identity, step=step, digest=tree_digest(arrays),
                       history_shapes={k: list(v.shape) for k, v in history.items()},
                       history_dtypes={k: np.asarray(v).dtype.str for k, v in history.items()})
-        self.manager.save(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)),
-            force=True)
-        self.manager.wait_until_finished()
+        try:
+            with _quiet_orbax():
+                self.manager.save(step, args=ocp.args.Composite(
+                    arrays=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)),
+                    force=True)
+                self.manager.wait_until_finished()
+            folder = self.directory / str(step)
+            write_json(folder / FILE_DIGESTS, file_digests(folder))
+        except OSError:
+            raise
+        except Exception as e:  # TensorStore reports the OS error inside a ValueError
+            code = re.search(r"os_error_code='(\d+)'", str(e))
+            if code:
+                code = int(code.group(1))
+                raise OSError(code, os.strerror(code), str(self.directory / str(step))) from e
+            raise OSError(f"checkpoint {self.directory / str(step)} could not be written "
+                          f"({_reason(e)})") from e
 
     def restore_latest(self, abstract_state) -> tuple[Any, dict[str, np.ndarray], int] | None:
         """The newest checkpoint that passes every check, as ``(state, history, step)``.
@@ -80,19 +128,35 @@ class ChunkCheckpoints:
         if not self.directory.exists():
             return None
         try:
-            steps = sorted(self.manager.all_steps(), reverse=True)
+            with _quiet_orbax():
+                steps = sorted(self.manager.all_steps(), reverse=True)
         except Exception as e:  # an unreadable directory is the same as no checkpoint
-            self.warn(f"checkpoints in {self.directory} are unreadable ({e}); restarting chunk")
+            self.warn(f"warning: checkpoints in {self.directory} are unreadable ({_reason(e)}); "
+                      "running the chunk from the start")
             return None
         for step in steps:
             try:
-                return self._restore(step, abstract_state)
+                with _quiet_orbax():
+                    return self._restore(step, abstract_state)
             except Exception as e:
-                self.warn(f"checkpoint {self.directory / str(step)} is unusable "
-                          f"({type(e).__name__}: {str(e)[:200]}); falling back")
+                self.warn(f"warning: checkpoint {self.directory / str(step)} is unusable "
+                          f"({_reason(e)}); deleted it, falling back to an older one")
+                self.discarded.append(step)
+                shutil.rmtree(self.directory / str(step), ignore_errors=True)
+                self.manager.reload()
         return None
 
     def _restore(self, step: int, abstract_state):
+        folder = self.directory / str(step)
+        try:
+            saved = json.loads((folder / FILE_DIGESTS).read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"no readable {FILE_DIGESTS} (a save cut short?)") from None
+        found = file_digests(folder)
+        changed = sorted(k for k in saved.keys() | found.keys() if saved.get(k) != found.get(k))
+        if changed:
+            raise ValueError(f"{len(changed)} file(s) missing, changed or added: "
+                             + ", ".join(changed)[:120])
         record = self.manager.restore(
             step, args=ocp.args.Composite(record=ocp.args.JsonRestore())).record
         for key, value in self.identity.items():
@@ -129,6 +193,34 @@ class ChunkCheckpoints:
             self._manager.close()
             self._manager = None
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _reason(e: Exception) -> str:
+    """An exception as one short line (orbax and TensorStore messages run long)."""
+    text = str(e).split(" See full TensorStore details")[0].strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silences orbax's echoes of a failed read or write.
+
+    When one array fails, orbax abandons the others; their errors surface as logged tracebacks
+    of its threads and, at garbage collection, as long TensorStore dumps. The failure itself is
+    reported once, by the caller.
+    """
+    hook, level = sys.unraisablehook, _absl.level
+    sys.unraisablehook = lambda _: None
+    _absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except BaseException:
+        time.sleep(0.1)  # the abandoned reads end in TensorStore's threads: let them end here
+        gc.collect()
+        raise
+    finally:
+        sys.unraisablehook = hook
+        _absl.setLevel(level)
 
 
 def saved_steps(directory: Path) -> list[int]:

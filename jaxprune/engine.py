@@ -5,7 +5,9 @@ Output directory::
     sweep.toml         the resolved sweep; a resume must match it
     plan.json          the chunks (fixed at the first start, so a resume replays them)
     chunks/            one durable .npz per finished chunk: its final metrics and history
-    checkpoints/       orbax checkpoints of the chunk in flight
+    checkpoints/       orbax checkpoints of the chunk in flight: at the first evaluation step
+                       at or past each multiple of ``checkpoint_every``; none at a chunk's end,
+                       where its chunk file is the durable record
     manifest.json      which chunks are done
     results.csv        one row per run (rewritten after every chunk)
     metrics.npz        every run's metrics at every evaluation step (long format)
@@ -17,7 +19,6 @@ import hashlib
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +37,7 @@ from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_m
 from jaxprune.spec import run_params_from_table
 
 __all__ = ["run", "SweepMismatch", "OutputError", "HISTORY_METRICS", "chunk_file",
-           "sweep_fingerprint"]
+           "checkpoint_dir", "sweep_fingerprint"]
 
 #: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
 HISTORY_METRICS = train.Metrics._fields
@@ -56,6 +57,10 @@ def sweep_fingerprint(sweep: Sweep) -> str:
 
 def chunk_file(out: Path, index: int) -> Path:
     return Path(out) / "chunks" / f"chunk-{index:05d}.npz"
+
+
+def checkpoint_dir(out: Path, index: int) -> Path:
+    return Path(out) / "checkpoints" / f"chunk-{index:05d}"
 
 
 def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bool = False,
@@ -91,7 +96,8 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
         out.mkdir(parents=True, exist_ok=True)
         with DirectoryLock(out) as lock:
             if lock.took_over:
-                log(f"note: took over a stale lock of pid {lock.took_over.get('pid')}")
+                log(f"note: took over the stale lock of pid {lock.took_over.get('pid')} on "
+                    f"{lock.took_over.get('host')}, which is gone")
             return _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress,
                                log)
     except OSError as e:
@@ -112,6 +118,8 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
     (out / "chunks").mkdir(exist_ok=True)
 
     done = {c.index for c in chunks if _chunk_done(out, c, log)}
+    for index in done:  # left behind when a process died right after writing the chunk file
+        shutil.rmtree(checkpoint_dir(out, index), ignore_errors=True)
     total = sum(len(c.run_ids) * c.static.steps for c in chunks)
     finished = sum(len(c.run_ids) * c.static.steps for c in chunks if c.index in done)
     if done:
@@ -218,11 +226,13 @@ def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log)
     params, seeds = _chunk_inputs(table, chunk)
     groups = train.make_groups(seeds, static)
     checkpoints = ChunkCheckpoints(
-        out / "checkpoints" / f"chunk-{chunk.index:05d}",
+        checkpoint_dir(out, chunk.index),
         identity={"chunk": chunk.index, "sweep": sweep_fingerprint(sweep)}, warn=log)
     abstract = jax.eval_shape(lambda: train.init_state(params, groups, static))
     restored = checkpoints.restore_latest(abstract)
     if restored is None:
+        if checkpoints.discarded:
+            log(f"chunk {chunk.index}: no usable checkpoint left; running it from step 0")
         state = train.init_state(params, groups, static)
         first = jax.device_get(train.evaluate(state, params, groups, static))
         history = {"step": np.zeros(1, np.int64),

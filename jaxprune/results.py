@@ -30,14 +30,22 @@ METRIC_COLUMNS = (
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file, fsync and rename."""
+    """Writes ``data`` to ``path`` via a temporary file, fsync and rename.
+
+    On failure (a full disk, say) ``path`` keeps its old content and the temporary file is
+    removed.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -1,0 +1,452 @@
+"""Each fault a sweep directory must survive, in process (so the compiled programs are shared):
+damaged checkpoints and chunk files, another sweep, a second writer, a stale lock, a diverging
+run, an unwritable directory; and what ``jaxprune status`` prints."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_sweep
+from jaxprune import cli, engine
+from jaxprune import results as res
+from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, saved_steps
+from jaxprune.engine import OutputError, SweepMismatch, checkpoint_dir, chunk_file
+from jaxprune.lock import DirectoryLock, LockedError
+
+TRAIN = {"steps": 40, "eval_every": 5, "checkpoint_every": 10}
+SWEEP = tiny_sweep(train=TRAIN)  # 4 runs: 2 fractions x 2 seeds
+CHUNK_RUNS = 2  # 2 chunks, one per seed
+FILES = ("results.csv", "metrics.npz")
+
+
+class Interrupt(Exception):
+    """Stands for a process killed at that moment."""
+
+
+def run(out, sweep=SWEEP, chunk_runs=CHUNK_RUNS, **kwargs) -> list[str]:
+    """Runs ``sweep`` into ``out``; returns the notes it logged."""
+    logs = []
+    engine.run(sweep, out, max_chunk_runs=chunk_runs, progress=False, log=logs.append,
+               **kwargs)
+    return logs
+
+
+def assert_same_files(out, reference):
+    for name in FILES:
+        assert (Path(out) / name).read_bytes() == (Path(reference) / name).read_bytes(), name
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def status(out, capsys) -> list[str]:
+    capsys.readouterr()
+    assert cli.main(["status", str(out)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted_once(tmp_path_factory, reference):
+    """Chunk 0 done; chunk 1 stopped right after its checkpoint at step 30 (20 and 30 kept)."""
+    out = tmp_path_factory.mktemp("interrupted") / "out"
+    save = ChunkCheckpoints.save
+
+    def save_then_stop(self, step, *args):
+        save(self, step, *args)
+        if self.directory.name == "chunk-00001" and step == 30:
+            raise Interrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ChunkCheckpoints, "save", save_then_stop)
+        with pytest.raises(Interrupt):
+            run(out)
+    return out
+
+
+@pytest.fixture
+def interrupted(interrupted_once, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(interrupted_once, out)
+    return out
+
+
+def test_finished_chunks_are_durable_before_the_sweep_ends(interrupted, reference, capsys):
+    assert chunk_file(interrupted, 0).read_bytes() == chunk_file(reference, 0).read_bytes()
+    manifest = json.loads((interrupted / "manifest.json").read_text())
+    assert (manifest["chunks_done"], manifest["runs_done"], manifest["runs"]) == ([0], 2, 4)
+    assert list(res.read_csv(interrupted / "results.csv")["run"]) == [0, 2]
+    assert saved_steps(checkpoint_dir(interrupted, 1)) == [20, 30]
+    assert not (interrupted / "metrics.npz").exists()
+    assert status(interrupted, capsys) == [
+        f"{interrupted}: 2 of 4 runs done (1 of 2 chunks)",
+        "chunk in flight: 1 (newest checkpoint at step 30 of 40)",
+        "lock: free",
+        "unfinished",
+    ]
+    logs = run(interrupted)
+    assert "chunk 1: resumed from the checkpoint at step 30" in logs
+    assert_same_files(interrupted, reference)
+    assert status(interrupted, capsys) == [
+        f"{interrupted}: 4 of 4 runs done (2 of 2 chunks)", "lock: free", "finished"]
+
+
+def _data_files(step: Path) -> list[Path]:
+    files = sorted((step / "arrays").rglob("d/*"))
+    assert files
+    return files
+
+
+def _truncate(step):
+    for f in _data_files(step):
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+
+
+def _garble(step):
+    for f in _data_files(step):
+        data = bytearray(f.read_bytes())
+        mid = len(data) // 2
+        data[mid:mid + 16] = bytes(b ^ 0x5A for b in data[mid:mid + 16])
+        f.write_bytes(bytes(data))
+
+
+def _delete_data(step):
+    for f in _data_files(step):
+        f.unlink()
+
+
+def _wrong_digest(step):
+    """Files consistent, arrays intact, but not the ones the record vouches for."""
+    path = step / "record" / "metadata"
+    record = json.loads(path.read_text())
+    record["digest"] = "0" * 64
+    path.write_text(json.dumps(record))
+    (step / FILE_DIGESTS).write_text(json.dumps(file_digests(step)))
+
+
+def _no_file_list(step):
+    """orbax finished the step, the process died before the list of its files was written."""
+    (step / FILE_DIGESTS).unlink()
+
+
+def _garbage_record(step):
+    (step / "record" / "metadata").write_text("\x00garbage")
+
+
+def _remove(step):
+    shutil.rmtree(step)
+
+
+def _garbage_folder(step):
+    shutil.rmtree(step)
+    step.mkdir()
+    (step / "junk").write_bytes(os.urandom(100))
+
+
+def _garbage_file(step):
+    shutil.rmtree(step)
+    step.write_bytes(os.urandom(100))
+
+
+CHANGED = "file(s) missing, changed or added: arrays/"
+
+
+@pytest.mark.parametrize("damage, steps, reason", [
+    (_truncate, [30], CHANGED),
+    (_garble, [30], CHANGED),
+    (_delete_data, [30], CHANGED),
+    (_garbage_record, [30], "file(s) missing, changed or added: record/metadata"),
+    (_no_file_list, [30], f"no readable {FILE_DIGESTS}"),
+    (_wrong_digest, [30], "do not match their recorded SHA-256"),
+    (_garbage_folder, [30], f"no readable {FILE_DIGESTS}"),
+    (_garbage_file, [30], None),  # not a folder: orbax does not take it for a step
+    (_remove, [30], None),
+    (_garble, [30, 20], CHANGED),
+    (_remove, [30, 20], None),
+])
+def test_damaged_checkpoint_falls_back(interrupted, reference, damage, steps, reason):
+    folder = checkpoint_dir(interrupted, 1)
+    for step in steps:
+        damage(folder / str(step))
+    logs = run(interrupted)
+    warned = [line for line in logs if "is unusable" in line]
+    if reason is None:  # a step that is not there is not reported
+        assert not warned
+    else:
+        assert [str(folder / str(s)) in w for w, s in zip(warned, steps)] == [True] * len(steps)
+        assert all(reason in w for w in warned)
+    if steps == [30]:
+        assert "chunk 1: resumed from the checkpoint at step 20" in logs
+    else:
+        assert not any("resumed from the checkpoint" in line for line in logs)
+        if reason is not None:
+            assert "chunk 1: no usable checkpoint left; running it from step 0" in logs
+    assert_same_files(interrupted, reference)
+    assert not folder.exists()
+
+
+def test_damaged_chunk_file_is_run_again(interrupted, reference):
+    path = chunk_file(interrupted, 0)
+    path.write_bytes(path.read_bytes()[:100])
+    logs = run(interrupted)
+    assert any(f"{path} is unreadable" in line for line in logs)
+    assert_same_files(interrupted, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure: a checkpoint that does not fit the expected state is refused whole.
+
+STATE = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "diverged": np.zeros(2, bool)}
+HISTORY = {"step": np.array([0, 5]), "loss": np.array([[1.0, 2.0], [0.5, 0.25]])}
+
+
+def _saved(tmp_path, identity={"chunk": 0, "sweep": "abc"}) -> Path:
+    folder = tmp_path / "ckpt"
+    ChunkCheckpoints(folder, identity, warn=print).save(5, STATE, HISTORY)
+    return folder
+
+
+def _abstract(tree):
+    return jax.eval_shape(lambda: tree)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state, history, step = ChunkCheckpoints(
+        _saved(tmp_path), {"chunk": 0, "sweep": "abc"}, warn=print).restore_latest(
+        _abstract(STATE))
+    assert step == 5
+    for k in STATE:
+        assert state[k].dtype == STATE[k].dtype and np.array_equal(state[k], STATE[k])
+    for k in HISTORY:
+        assert np.array_equal(history[k], HISTORY[k])
+
+
+@pytest.mark.parametrize("expected, identity, reason", [
+    ({"w": np.zeros((3, 2), np.float32), "diverged": np.zeros(2, bool)}, None, "expected"),
+    # orbax casts to the requested dtype; the digest (over dtypes too) refuses it.
+    ({"w": np.zeros((2, 3), np.float64), "diverged": np.zeros(2, bool)}, None, "SHA-256"),
+    ({"w": np.zeros((2, 3), np.float32)}, None, "structures"),
+    ({**STATE, "extra": np.zeros(2, np.float32)}, None, "structures"),
+    (STATE, {"chunk": 1, "sweep": "abc"}, "another chunk"),
+    (STATE, {"chunk": 0, "sweep": "xyz"}, "another sweep"),
+])
+def test_checkpoint_of_another_structure_is_never_loaded(tmp_path, expected, identity, reason):
+    folder = _saved(tmp_path)
+    warnings = []
+    restored = ChunkCheckpoints(folder, identity or {"chunk": 0, "sweep": "abc"},
+                                warn=warnings.append).restore_latest(_abstract(expected))
+    assert restored is None
+    assert len(warnings) == 1 and "is unusable" in warnings[0] and reason in warnings[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Another sweep in the same directory.
+
+
+def test_another_sweep_is_refused_with_the_differences(interrupted, tmp_path, capsys):
+    other = tiny_sweep(train=dict(TRAIN, learning_rate=0.2), sweep={"seeds": 3})
+    before = snapshot(interrupted)
+    with pytest.raises(SweepMismatch) as e:
+        run(interrupted, other)
+    message = str(e.value)
+    assert "learning_rate: 0.1 there, 0.2 here" in message
+    assert "seeds: [0, 1] there, [0, 1, 2] here" in message
+    assert "new --out directory" in message and "--restart" in message
+    assert "\n" not in message
+    assert snapshot(interrupted) == before
+
+    sweep_file = tmp_path / "other.toml"
+    sweep_file.write_text(other.to_toml())
+    capsys.readouterr()
+    rc = cli.main(["run", str(sweep_file), "--out", str(interrupted), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_USAGE
+    assert err.startswith("jaxprune: error: ") and "learning_rate" in err
+    assert "Traceback" not in err
+    assert snapshot(interrupted) == before
+
+
+def test_restart_discards_the_other_sweep(interrupted, tmp_path):
+    other = tiny_sweep(train=dict(TRAIN, learning_rate=0.2))
+    run(tmp_path / "fresh", other)
+    run(interrupted, other, restart=True)
+    assert_same_files(interrupted, tmp_path / "fresh")
+    assert set(res.read_csv(interrupted / "results.csv")["learning_rate"]) == {0.2}
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per directory.
+
+HOLD = """import sys, time
+sys.path.insert(0, sys.argv[1])
+from lock import DirectoryLock
+DirectoryLock(sys.argv[2]).__enter__()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_writer_refused_then_stale_lock_taken_over(tmp_path, reference, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.toml").write_text(SWEEP.to_toml())
+    # The lock module alone (without jax), so the holder starts in a blink.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(Path(engine.__file__).parent), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        host = socket.gethostname()
+        with pytest.raises(LockedError, match=f"in use by pid {holder.pid} on {host}"):
+            run(out)
+        assert f"lock: held by pid {holder.pid} on {host}" in status(out, capsys)[-2]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert status(out, capsys)[-2].startswith(f"lock: stale (pid {holder.pid} on {host} is gone")
+    logs = run(out)
+    assert logs[0] == f"note: took over the stale lock of pid {holder.pid} on {host}, which is gone"
+    assert_same_files(out, reference)
+    assert not (out / ".lock").exists()
+
+
+def test_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
+    with DirectoryLock(tmp_path) as lock:
+        assert lock.took_over is None
+        with pytest.raises(LockedError, match=f"in use by pid {os.getpid()}"):
+            DirectoryLock(tmp_path).__enter__()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_file_without_a_holder(tmp_path):
+    """Of this host: taken over. Of another host: refused (it cannot be checked from here)."""
+    lock_file = tmp_path / ".lock"
+    lock_file.write_text(f'{{"pid": 999999999, "host": "{socket.gethostname()}"}}')
+    with DirectoryLock(tmp_path) as lock:
+        assert lock.took_over["pid"] == 999999999
+    lock_file.write_text("garbage")
+    with DirectoryLock(tmp_path) as lock:
+        assert lock.took_over is None
+    lock_file.write_text('{"pid": 12, "host": "elsewhere", "since": "then"}')
+    with pytest.raises(LockedError, match=f"pid 12 on elsewhere .* remove {lock_file}"):
+        DirectoryLock(tmp_path).__enter__()
+    assert json.loads(lock_file.read_text())["host"] == "elsewhere"
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence.
+
+
+def test_diverging_runs_are_frozen_and_flagged_alone(tmp_path):
+    """The runs with a huge learning rate overflow; their batch mates are untouched: equal, bit
+    for bit, to the same runs in a batch of the same layout where nothing diverges."""
+    wild = tiny_sweep(train=dict(TRAIN, learning_rate=[0.05, 1e30]))
+    tame = tiny_sweep(train=dict(TRAIN, learning_rate=[0.05, 0.1]))
+    logs = run(tmp_path / "wild", wild, chunk_runs=None)
+    run(tmp_path / "tame", tame, chunk_runs=None)
+    assert json.loads((tmp_path / "wild" / "plan.json").read_text())["chunks"][0]["runs"] == \
+        json.loads((tmp_path / "tame" / "plan.json").read_text())["chunks"][0]["runs"]
+    assert "warning: chunk 0: 4 run(s) diverged (non-finite loss); they were frozen and are " \
+           "marked diverged in results.csv" in logs
+
+    a, b = (res.read_csv(tmp_path / name / "results.csv") for name in ("wild", "tame"))
+    wild_runs = a["learning_rate"] == 1e30
+    assert wild_runs.sum() == 4 and np.array_equal(a["diverged"], wild_runs)
+    assert not b["diverged"].any()
+    assert not np.isfinite(a["train_loss"][wild_runs]).any()
+    same = ~wild_runs
+    for k in res.METRIC_COLUMNS:
+        assert np.array_equal(a[k][same], b[k][same]), k
+
+    ma, mb = (res.read_npz(tmp_path / name / "metrics.npz") for name in ("wild", "tame"))
+    rows = np.isin(ma["run"], a["run"][same])
+    assert np.array_equal(ma["run"], mb["run"])
+    for k in ma:
+        assert np.array_equal(ma[k][rows], mb[k][rows]), k
+
+
+# ---------------------------------------------------------------------------------------------
+# An output directory that cannot be written.
+
+
+def test_output_under_a_file_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match=f"cannot write to {blocker / 'out'}"):
+        run(blocker / "out")
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(SWEEP.to_toml())
+    capsys.readouterr()
+    rc = cli.main(["run", str(sweep_file), "--out", str(blocker / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_FAILURE
+    assert err.startswith("jaxprune: error: cannot write to") and "Traceback" not in err
+
+
+def test_disk_full_keeps_finished_results(tmp_path, reference, monkeypatch):
+    out = tmp_path / "out"
+    write = res.atomic_write
+
+    def full_disk(path, data):
+        if Path(path).name == "chunk-00001.npz":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data)
+
+    monkeypatch.setattr(res, "atomic_write", full_disk)
+    with pytest.raises(OutputError) as e:
+        run(out)
+    assert str(e.value).startswith(
+        f"cannot write to {chunk_file(out, 1)}: No space left on device. Finished chunks are "
+        f"kept in {out / 'chunks'}; fix the problem and run the same command to resume.")
+    assert chunk_file(out, 0).read_bytes() == chunk_file(reference, 0).read_bytes()
+    assert list(res.read_csv(out / "results.csv")["run"]) == [0, 2]
+    assert not (out / ".lock").exists()
+    monkeypatch.undo()
+    run(out)
+    assert_same_files(out, reference)
+
+
+def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path, reference):
+    out = tmp_path / "out"
+    (out / "results.csv").mkdir(parents=True)  # os.replace onto it fails
+    with pytest.raises(OutputError, match="results.csv"):
+        run(out)
+    assert chunk_file(out, 0).read_bytes() == chunk_file(reference, 0).read_bytes()
+    assert not list(out.rglob("*.tmp"))
+    (out / "results.csv").rmdir()
+    run(out)
+    assert_same_files(out, reference)
+
+
+def test_checkpoint_that_cannot_be_written_is_a_clear_error(tmp_path, reference):
+    out = tmp_path / "out"
+    checkpoint_dir(out, 0).parent.mkdir(parents=True)
+    checkpoint_dir(out, 0).write_text("")  # not a directory
+    with pytest.raises(OutputError, match=f"cannot write to {checkpoint_dir(out, 0)}"):
+        run(out)
+    checkpoint_dir(out, 0).unlink()
+    run(out)
+    assert_same_files(out, reference)
+
+
+def test_status_of_a_directory_that_is_not_a_sweep(tmp_path, capsys):
+    assert cli.main(["status", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "not a sweep directory" in capsys.readouterr().err
