@@ -126,12 +126,17 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
         log(f"resuming {out}: {len(done)} of {len(chunks)} chunks already done")
     bar = tqdm(total=total, initial=finished, unit="run-step", unit_scale=True,
                disable=not progress, dynamic_ncols=True, desc=sweep.name, file=sys.stderr)
+    runs_done = sum(len(c.run_ids) for c in chunks if c.index in done)
     try:
         for chunk in chunks:
             if chunk.index in done:
                 continue
+            bar.set_postfix_str(f"runs done {runs_done}/{len(table)}, chunk {chunk.index + 1}"
+                                f"/{len(chunks)}")
             _run_chunk(sweep, table, chunk, out, bar, log)
             done.add(chunk.index)
+            runs_done += len(chunk.run_ids)
+            bar.set_postfix_str(f"runs done {runs_done}/{len(table)}")
             _write_manifest(out, chunks, done)
             _write_tables(table, out, sorted(done))
     finally:

@@ -172,7 +172,9 @@ def _metrics_run(net: Network, mask, p: RunParams, g: GroupData, static: Static)
         dw, static)
     learned = jnp.max(jnp.where(real_filter, learned, -jnp.inf), axis=-1)
     # Noise memorization: mean_i max_r <dW[y_i,r], xi_i>.
-    proj = p.noise_std * jnp.einsum("jmd,nd->njm", dw, g.train.noise)
+    # Written as the forward pass writes it (one example at a time), so a run's value does not
+    # depend on how many runs share its batch.
+    proj = p.noise_std * jax.vmap(lambda z: dw @ z)(g.train.noise)
     own = jnp.where(labels[:, None] > 0, proj[:, 0, :], proj[:, 1, :])
     memorized = jnp.sum(weights * jnp.max(jnp.where(real_filter, own, -jnp.inf), axis=-1))
     return Metrics(train_loss, train_error, test_loss, test_error, learned[0], learned[1],
