@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxprune.spec import Static
 
-__all__ = ["Network", "Context", "activation", "filter_preactivations", "output",
+__all__ = ["Network", "Context", "activation", "output_from_projections", "output",
            "example_loss", "CLASS_SIGN"]
 
 #: ``j`` for class index 0 and 1.
@@ -54,32 +54,33 @@ def activation(z: jax.Array, q: float) -> jax.Array:
     return relu**q
 
 
-def filter_preactivations(net: Network, ctx: Context, signal_proj: jax.Array,
-                          clean: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Pre-activations of every filter on the two patches, each ``(2, m)``.
+def output_from_projections(signal_proj: jax.Array, noise_proj: jax.Array,
+                            b: jax.Array | None, clean: jax.Array, ctx: Context,
+                            static: Static) -> jax.Array:
+    """``f(x)`` of one example from its filters' projections on the two patches.
 
     Args:
-      signal_proj: ``<W[j,r], u>``, ``(2, m)`` (shared by every example).
+      signal_proj: ``<W[j,r], u>``, ``(2, m)`` (the same for every example).
+      noise_proj: ``<W[j,r], z>`` for the example's standardized noise ``z``, ``(2, m)``.
+      b: the bias ``(2, m)``, or None.
       clean: the example's clean label ``y~``.
-      z: the example's standardized noise patch, ``(d,)``.
     """
     h_signal = clean * ctx.signal_norm * signal_proj
-    h_noise = ctx.noise_std * (net.w @ z)
-    if net.b is not None:
-        h_signal, h_noise = h_signal + net.b, h_noise + net.b
-    return h_signal, h_noise
-
-
-def output(net: Network, ctx: Context, signal_proj: jax.Array, clean: jax.Array,
-           z: jax.Array, static: Static) -> jax.Array:
-    """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example."""
-    h_signal, h_noise = filter_preactivations(net, ctx, signal_proj, clean, z)
+    h_noise = ctx.noise_std * noise_proj
+    if b is not None:
+        h_signal, h_noise = h_signal + b, h_noise + b
     q = static.activation_power
     pooled = activation(h_signal, q) + activation(h_noise, q)
     if static.patch_pool == "mean":
         pooled = 0.5 * pooled
     logits = pooled @ ctx.filter_weight
     return logits[0] - logits[1]
+
+
+def output(net: Network, ctx: Context, signal_proj: jax.Array, clean: jax.Array,
+           z: jax.Array, static: Static) -> jax.Array:
+    """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example with standardized noise patch ``z``."""
+    return output_from_projections(signal_proj, net.w @ z, net.b, clean, ctx, static)
 
 
 def example_loss(margin: jax.Array) -> jax.Array:

@@ -20,11 +20,12 @@ import optax
 
 from jaxprune import masks
 from jaxprune.data import GroupData, Samples, group_data, observed_labels
-from jaxprune.model import CLASS_SIGN, Context, Network, example_loss, output
+from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output,
+                            output_from_projections)
 from jaxprune.spec import RunParams, Static
 
 __all__ = ["TrainState", "Metrics", "MaskStats", "make_groups", "init_state", "advance",
-           "evaluate", "mask_stats", "optimizer", "run_loss", "context", "initial_network"]
+           "evaluate", "mask_stats", "optimizer", "gradient", "context", "initial_network"]
 
 
 class TrainState(NamedTuple):
@@ -69,13 +70,15 @@ class MaskStats(NamedTuple):
 # One run.
 
 
-def optimizer(static: Static, learning_rate) -> optax.GradientTransformation:
-    """The run's optimizer, with its learning rate held in its state (so it can be swept)."""
+def optimizer(static: Static, learning_rate) -> optax.GradientTransformation | None:
+    """The optax optimizer of a momentum or adam run, with its learning rate held in its state
+    (so it can be swept); None for plain GD, whose update the step applies itself."""
     if static.optimizer == "adam":
         return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-    momentum = static.momentum if static.optimizer == "momentum" else None
-    return optax.inject_hyperparams(optax.sgd, static_args=("momentum",))(
-        learning_rate=learning_rate, momentum=momentum)
+    if static.optimizer == "momentum":
+        return optax.inject_hyperparams(optax.sgd, static_args=("momentum",))(
+            learning_rate=learning_rate, momentum=static.momentum)
+    return None
 
 
 def context(p: RunParams, static: Static) -> Context:
@@ -104,12 +107,6 @@ def outputs(net: Network, ctx: Context, samples: Samples, static: Static) -> jax
         samples.clean, samples.noise)
 
 
-def run_loss(net: Network, ctx: Context, samples: Samples, labels: jax.Array,
-             weights: jax.Array, static: Static) -> jax.Array:
-    """``sum_i w_i softplus(-y_i f(x_i))``."""
-    return jnp.sum(weights * example_loss(labels * outputs(net, ctx, samples, static)))
-
-
 def initial_network(p: RunParams, g: GroupData, mask: jax.Array, static: Static) -> Network:
     """``W(0) = scale * base * M``: N(0, init_std^2) or U(-1/sqrt(d), 1/sqrt(d)) draws."""
     dtype = static.float_dtype
@@ -128,26 +125,79 @@ def initial_network(p: RunParams, g: GroupData, mask: jax.Array, static: Static)
 def _init_run(p: RunParams, g: GroupData, static: Static):
     mask = masks.prune_mask(g.mask_scores, p.seed, p.fraction, p.d, p.width, static)
     net = initial_network(p, g, mask, static)
-    return net, optimizer(static, p.learning_rate).init(net), mask
+    opt = optimizer(static, p.learning_rate)
+    return net, (opt.init(net) if opt else ()), mask
+
+
+def _loss_factors(net: Network, p: RunParams, g: GroupData, static: Static):
+    """The loss and its derivatives in the network's two linear maps.
+
+    With ``P = W Z^T`` (every filter's projection on every example's standardized noise) and
+    ``c = <W, u>``, the loss is a function of ``(c, P, b)``: autodiff gives ``dL/dc``,
+    ``dL/dP`` and ``dL/db``, and ``grad_W L = (dL/dP) Z + (dL/dc) u^T`` (see ``gradient``).
+    Written this way, the runs of a group share one product with their data forward and one
+    backward.
+
+    Returns:
+      ``(loss, dL/dc, dL/dP, dL/db)``; ``dL/dP`` is ``(2, m, n)``, ``dL/db`` None without bias.
+    """
+    ctx = context(p, static)
+    labels = observed_labels(g.train, p.label_flip)
+    weights = sample_weights(p.n, static.n, static.float_dtype)
+
+    def loss_of(signal_proj, noise_proj, b):
+        f = jax.vmap(lambda c, h: output_from_projections(signal_proj, h, b, c, ctx, static),
+                     in_axes=(0, 2))(g.train.clean, noise_proj)
+        return jnp.sum(weights * example_loss(labels * f))
+
+    noise_proj = jnp.einsum("jmd,nd->jmn", net.w, g.train.noise)
+    loss, grads = jax.value_and_grad(loss_of, argnums=(0, 1, 2))(
+        signal_projection(net.w, static), noise_proj, net.b)
+    return (loss, *grads)
+
+
+def _support_gradient(d_signal: jax.Array, static: Static) -> jax.Array:
+    """``dL/dW`` on the signal support: ``dL/dc / sqrt(s)`` on each of the first s columns."""
+    return d_signal[..., None] / jnp.sqrt(jnp.asarray(static.signal_support, d_signal.dtype))
+
+
+def gradient(net: Network, p: RunParams, g: GroupData, static: Static):
+    """``(L(W), grad L(W))`` of one run, before masking."""
+    loss, d_signal, d_noise, d_b = _loss_factors(net, p, g, static)
+    s = static.signal_support
+    grad_w = jnp.einsum("jmn,nd->jmd", d_noise, g.train.noise)
+    return loss, Network(grad_w.at[..., :s].add(_support_gradient(d_signal, static)), d_b)
 
 
 def _step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData, static: Static):
-    dtype = static.float_dtype
-    labels = observed_labels(g.train, p.label_flip)
-    weights = sample_weights(p.n, static.n, dtype)
-    loss, grads = jax.value_and_grad(run_loss)(net, context(p, static), g.train, labels,
-                                               weights, static)
+    """One step of one run; a run whose loss is not finite is frozen and marked diverged.
+
+    For GD the learning rate is folded into the small ``(2, m, n)`` factor ``dL/dP`` before
+    the product with the data, making ``W <- M * (W - (eta dL/dP) Z - ...)`` one pass over W.
+    """
+    opt = optimizer(static, 0.0)  # momentum / adam read the learning rate from opt_state
+    if opt is None:
+        loss, d_signal, d_noise, d_b = _loss_factors(net, p, g, static)
+        moving = jnp.isfinite(loss) & ~diverged
+        eta = p.learning_rate
+        # A frozen run's factors are exact zeros (a select, so that NaN cannot leak through).
+        step_noise = jnp.where(moving, eta * d_noise, 0.0)
+        w = net.w - jnp.einsum("jmn,nd->jmd", step_noise, g.train.noise)
+        w = w.at[..., : static.signal_support].add(
+            -jnp.where(moving, eta * _support_gradient(d_signal, static), 0.0))
+        b = None if net.b is None else net.b - jnp.where(moving, eta * d_b, 0.0)
+        return Network(jnp.where(mask, w, 0.0), b), opt_state, diverged | ~jnp.isfinite(loss)
+
+    loss, grads = gradient(net, p, g, static)
     grads = grads._replace(w=jnp.where(mask, grads.w, 0.0))
-    # The update reads the learning rate from opt_state, not from the placeholder given here.
-    updates, new_opt_state = optimizer(static, 0.0).update(grads, opt_state, net)
+    updates, new_opt_state = opt.update(grads, opt_state, net)
     new_net = optax.apply_updates(net, updates)
-    finite = jnp.isfinite(loss)
-    moving = finite & ~diverged
+    moving = jnp.isfinite(loss) & ~diverged
 
     def keep(new, old):
         return jax.tree.map(lambda a, b: jnp.where(moving, a, b), new, old)
 
-    return keep(new_net, net), keep(new_opt_state, opt_state), diverged | ~finite
+    return keep(new_net, net), keep(new_opt_state, opt_state), diverged | ~jnp.isfinite(loss)
 
 
 def _metrics_run(net: Network, mask, p: RunParams, g: GroupData, static: Static):

@@ -10,7 +10,6 @@ import pytest
 from conftest import tiny_dict
 from jaxprune import train
 from jaxprune.config import sweep_from_dict
-from jaxprune.data import observed_labels
 from jaxprune.model import Network
 from jaxprune.plan import PAD, plan_chunks
 from jaxprune.spec import run_params_from_table
@@ -125,11 +124,9 @@ def test_gradient_matches_reference_grad_and_finite_differences(name):
     net = Network(jnp.asarray(w), net.b)
 
     def engine_loss(n):
-        labels = observed_labels(g.train, p.label_flip)
-        weights = train.sample_weights(p.n, static.n, static.float_dtype)
-        return train.run_loss(n, train.context(p, static), g.train, labels, weights, static)
+        return train.gradient(n, p, g, static)[0]
 
-    grad = jax.grad(engine_loss)(net)
+    grad = train.gradient(net, p, g, static)[1]
     ref = Reference(row)
     params = {"w": net.w}
     if net.b is not None:
