@@ -182,11 +182,13 @@ def _step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData, static
         eta = p.learning_rate
         # A frozen run's factors are exact zeros (a select, so that NaN cannot leak through).
         step_noise = jnp.where(moving, eta * d_noise, 0.0)
-        w = net.w - jnp.einsum("jmn,nd->jmd", step_noise, g.train.noise)
-        w = w.at[..., : static.signal_support].add(
-            -jnp.where(moving, eta * _support_gradient(d_signal, static), 0.0))
+        step_support = jnp.where(moving, eta * _support_gradient(d_signal, static), 0.0)
+        on_support = jnp.arange(static.d) < static.signal_support
+        # One fusion: W is read and written once per step besides the product above.
+        w = jnp.where(mask, net.w - jnp.einsum("jmn,nd->jmd", step_noise, g.train.noise)
+                      - jnp.where(on_support, step_support, 0.0), 0.0)
         b = None if net.b is None else net.b - jnp.where(moving, eta * d_b, 0.0)
-        return Network(jnp.where(mask, w, 0.0), b), opt_state, diverged | ~jnp.isfinite(loss)
+        return Network(w, b), opt_state, diverged | ~jnp.isfinite(loss)
 
     loss, grads = gradient(net, p, g, static)
     grads = grads._replace(w=jnp.where(mask, grads.w, 0.0))
@@ -298,10 +300,12 @@ def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: 
     step = over_runs(lambda net, o, m, dv, p, group: _step_run(net, o, m, dv, p, group, static),
                      static)
 
-    def body(_, s: TrainState) -> TrainState:
-        net, opt_state, diverged = step(s.net, s.opt_state, s.mask, s.diverged, params, groups)
-        return s._replace(net=net, opt_state=opt_state, diverged=diverged)
+    # Only what changes is carried; the mask and data are loop constants.
+    def body(_, carry):
+        return step(*carry[:2], state.mask, carry[2], params, groups)
 
-    state = jax.lax.fori_loop(0, num_steps, body, state)
-    state = state._replace(step=state.step + num_steps)
+    net, opt_state, diverged = jax.lax.fori_loop(
+        0, num_steps, body, (state.net, state.opt_state, state.diverged))
+    state = state._replace(net=net, opt_state=opt_state, diverged=diverged,
+                           step=state.step + num_steps)
     return state, evaluate(state, params, groups, static)
