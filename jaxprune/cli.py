@@ -15,11 +15,14 @@ EXIT_FAILURE = 1  # the environment refused (directory in use, unwritable)
 
 
 def _bytes(text: str) -> int:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 4GB or 512MB")
-    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
-    return int(float(m.group(1)) * scale)
+    m = re.fullmatch(r"\s*([0-9]+\.?[0-9]*|\.[0-9]+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    size = 0
+    if m:
+        scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
+        size = int(float(m.group(1)) * scale)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size like 4GB or 512MB")
+    return size
 
 
 def _positive_int(text: str) -> int:
@@ -59,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draws the error curves of DIR/results.csv into "
                                    "DIR/figures/.")
     p.add_argument("dir", metavar="DIR")
+
+    from jaxprune import bench
+    p = sub.add_parser("bench", help="measure throughput (run-steps per second)",
+                       description="Times the training step (batched advance, a plain loop "
+                                   "over runs, PyTorch if installed) against this machine's "
+                                   "matrix-product peak; prints markdown tables.")
+    bench.add_arguments(p)
     return parser
 
 
@@ -69,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxprune.lock import LockedError
 
     try:
-        return {"run": cmd_run, "status": cmd_status, "plot": cmd_plot}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "plot": cmd_plot,
+                "bench": cmd_bench}[args.command](args)
     except ConfigError as e:
         print(f"jaxprune: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -84,13 +95,18 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args) -> int:
     from jaxprune import engine, plots
     from jaxprune.config import load_sweep
+    from jaxprune.engine import OutputError
 
     sweep = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / sweep.name
     columns = engine.run(sweep, out, restart=args.restart, memory_budget=args.memory_budget,
                          max_chunk_runs=args.chunk_runs, progress=not args.no_progress)
     print_summary(columns)
-    figure = plots.error_curves(columns, out / "figures" / "error_curves.png", sweep.name)
+    try:
+        figure = plots.error_curves(columns, out / "figures" / "error_curves.png", sweep.name)
+    except OSError as e:
+        raise OutputError(f"cannot write the figure ({e}); the results are in "
+                          f"{out / 'results.csv'}") from e
     print(f"\nresults: {out / 'results.csv'}\nfigure:  {figure}")
     return 0
 
@@ -114,37 +130,48 @@ def print_summary(columns) -> None:
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
 
 
+def cmd_bench(args) -> int:
+    from jaxprune import bench
+
+    return bench.main(args)
+
+
 def cmd_status(args) -> int:
+    """Prints runs done / total, the chunk in flight and its newest checkpoint, the lock."""
     from jaxprune.checkpoint import saved_steps
-    from jaxprune.config import ConfigError
+    from jaxprune.config import ConfigError, load_sweep
+    from jaxprune.engine import checkpoint_dir, chunk_file
     from jaxprune.lock import lock_is_stale, read_lock
 
     out = Path(args.dir)
     if not (out / "sweep.toml").exists():
         raise ConfigError(f"{out}: not a sweep directory (no sweep.toml)")
+    runs = len(load_sweep(out / "sweep.toml").run_table())
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
-        runs_done, runs = manifest["runs_done"], manifest["runs"]
-        chunks_done, chunks = len(manifest["chunks_done"]), manifest["chunks"]
+        chunks = json.loads((out / "plan.json").read_text())["chunks"]
     except (OSError, ValueError, KeyError):
-        plan = json.loads((out / "plan.json").read_text()) if (out / "plan.json").exists() \
-            else {"chunks": []}
-        runs_done, chunks_done, chunks = 0, 0, len(plan["chunks"])
-        runs = sum(sum(r != -1 for row in c["runs"] for r in row) for c in plan["chunks"])
-    print(f"{out}: {runs_done} of {runs} runs done ({chunks_done} of {chunks} chunks)")
-    for folder in sorted((out / "checkpoints").glob("chunk-*")):
-        steps = saved_steps(folder)
-        newest = f"newest checkpoint at step {steps[-1]}" if steps else "no checkpoint yet"
-        print(f"chunk in flight: {folder.name.split('-')[1].lstrip('0') or '0'} ({newest})")
+        chunks = []  # killed before the plan was written
+    sizes = [sum(r != -1 for row in c["runs"] for r in row) for c in chunks]
+    done = [chunk_file(out, c["index"]).exists() for c in chunks]
+    runs_done = sum(n for n, d in zip(sizes, done) if d)
+    print(f"{out}: {runs_done} of {runs} runs done ({sum(done)} of {len(chunks)} chunks)")
+    pending = [c for c, d in zip(chunks, done) if not d]
+    if pending:
+        c = pending[0]
+        steps = saved_steps(checkpoint_dir(out, c["index"]))
+        newest = (f"newest checkpoint at step {steps[-1]} of {c['static']['steps']}" if steps
+                  else "no checkpoint yet")
+        print(f"chunk in flight: {c['index']} ({newest})")
     owner = read_lock(out)
     if owner is None:
         print("lock: free")
     elif lock_is_stale(owner):
-        print(f"lock: stale (pid {owner.get('pid')} on {owner.get('host')} is gone)")
+        print(f"lock: stale (pid {owner.get('pid')} on {owner.get('host')} is gone; the next "
+              "run takes it over)")
     else:
         print(f"lock: held by pid {owner.get('pid')} on {owner.get('host')} "
               f"since {owner.get('since')}")
-    print("finished" if runs and runs_done == runs else "unfinished")
+    print("finished" if chunks and not pending else "unfinished")
     return 0
 
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Records the full benchmark for benchmarks/RESULTS.md: waits (up to WAIT_TRIES x 60 s) for
+# the 1-minute load average to fall below MAX_LOAD, then runs `jaxprune bench` twice, with
+# XLA:CPU's default fusions and without its YNNPACK fusions, writing JSON and markdown tables
+# to benchmarks/results/. Usage (from the repository root):
+#
+#     bash benchmarks/run_bench.sh            # full mode (about 15-25 minutes per pass)
+#     bash benchmarks/run_bench.sh --quick    # quick mode (about a minute per pass)
+#
+# Extra arguments go to `jaxprune bench`. PYTHON overrides the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+MAX_LOAD=${MAX_LOAD:-0.5}
+WAIT_TRIES=${WAIT_TRIES:-20}
+out=benchmarks/results
+mkdir -p "$out"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+
+wait_quiet() {
+  for _ in $(seq "$WAIT_TRIES"); do
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v l="$load" -v m="$MAX_LOAD" 'BEGIN { exit !(l < m) }'; then
+      echo "load average $load < $MAX_LOAD: measuring" >&2
+      return 0
+    fi
+    echo "load average $load >= $MAX_LOAD: waiting 60 s" >&2
+    sleep 60
+  done
+  echo "WARNING: the machine never got quiet; recording under load (see the load column)" >&2
+}
+
+for pass in default no-ynn; do
+  flags=()
+  if [ "$pass" = no-ynn ]; then
+    # Memory and compile counts do not depend on the fusion library: measured once.
+    flags=(--xla-flags=--xla_cpu_experimental_ynn_fusion_type= --no-memory --no-compiles)
+  fi
+  wait_quiet
+  "$PYTHON" -m jaxprune.cli bench "${flags[@]}" "$@" \
+    --json "$out/$stamp-$pass.json" --markdown "$out/$stamp-$pass.md"
+done
+echo "tables: $out/$stamp-*.md" >&2

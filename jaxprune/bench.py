@@ -1,0 +1,874 @@
+"""Throughput of the training step on this machine: ``jaxprune bench``.
+
+What is measured, in one process, interleaved (every implementation runs one timed segment in
+turn, repeated), reporting medians of the repeats after warm-up:
+
+- ``advance``: the batched jitted ``fori_loop`` of ``train.advance`` (the engine's program).
+  ``advance`` ends with an evaluation; the step is timed with the same ``fori_loop`` over the
+  same body without it (``_steps_only``; a test checks it gives ``advance``'s numbers), and
+  ``advance`` with 0 steps times the evaluation alone (reported separately). Subtracting
+  ``t(0)`` from ``t(K)`` instead proved fragile under load when the evaluation costs about
+  as much as the K steps.
+- ``loop``: the same step as a plain Python loop over runs, one jitted single-run step
+  (``train._step_run``) per run and step.
+- ``torch``: ``benchmarks/torch_step.py``, a PyTorch implementation of the batched step
+  (closed-form gradient, ``bmm``), with ``torch.set_num_threads(threads)``; only where PyTorch
+  (the optional ``bench`` extra) is installed and the repository's ``benchmarks/`` is present.
+
+Work per run-step, counting the two matrix products with the noise patches only (the
+pre-activations ``W (2m x d) @ Z^T (d x n)`` and the gradient ``dH (2m x n) @ Z (n x d)``,
+``2 * 2m * d * n`` FLOPs each), at the program's padded sizes::
+
+    FLOP per run-step = 8 * m * n * d          (m = width, filters per class)
+
+Not counted: the signal-patch projections (``O(m s n)``), activations, loss and update
+(``O(m n)`` and ``O(m d)`` elementwise work). Achieved FLOP/s = run-steps/s * that count; the
+machine's float32 matrix-product peak is measured in the same process (square ``jnp.dot`` at
+several sizes, the best median), so the fraction of peak compares like with like.
+
+Layouts: ``shared`` = R runs that share one seed (S = 1 group of G = R runs: their products
+with the shared data are one GEMM of ``(R*2m x d) @ (d x n)``); ``seeds`` = R seeds with one
+run each (S = R, G = 1: R independent batched products).
+
+Also measured: compile time of ``advance`` per shape bucket, peak resident memory of a fresh
+process running each configuration against the bytes of its state and data, and the number of
+programs a planned sweep over 100 values of ``d`` compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SIZE_SETS", "Case", "step_flops", "case_static", "case_inputs", "tree_bytes",
+           "state_and_data_bytes", "default_cases", "matmul_peak", "AdvanceRunner", "LoopRunner", "TorchRunner", "load_torch_step",
+           "measure_case", "memory_profile", "compile_count", "run", "format_markdown",
+           "add_arguments", "main"]
+
+#: Named sizes: (d, n, width). ``paper-*``: n = 100, width = 50; ``quickstart``: the sizes of
+#: ``sweeps/quickstart.toml``.
+SIZE_SETS = {
+    "paper-d1000": (1000, 100, 50),
+    "paper-d2000": (2000, 100, 50),
+    "quickstart": (2000, 50, 20),
+}
+LAYOUTS = ("shared", "seeds")
+FULL_RUNS = (16, 64, 256, 1024, 4096)
+QUICK_RUNS = (16, 256)
+
+
+def _jax():
+    import jax
+
+    return jax
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases.
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark configuration.
+
+    Attributes:
+      size: a name for the sizes (``paper-d1000``, ...).
+      d, n, width: the sizes.
+      runs: R.
+      layout: ``shared`` (S = 1, G = R) or ``seeds`` (S = R, G = 1).
+      n_test: test-set size (the step never touches it; kept small so R seeds fit memory).
+      dtype: ``float32`` or ``float64``.
+    """
+
+    size: str
+    d: int
+    n: int
+    width: int
+    runs: int
+    layout: str
+    n_test: int = 100
+    dtype: str = "float32"
+
+    @property
+    def groups(self) -> int:
+        return 1 if self.layout == "shared" else self.runs
+
+    @property
+    def group_size(self) -> int:
+        return self.runs if self.layout == "shared" else 1
+
+
+def step_flops(static) -> int:
+    """Matrix-product FLOPs of one run-step: ``8 * m * n * d`` (forward + gradient product)."""
+    return 8 * static.width * static.n * static.d
+
+
+def case_static(case: Case, **overrides):
+    """The ``Static`` of a case; every option not given takes the sweep files' default."""
+    from jaxprune.config import FIELDS
+    from jaxprune.spec import STATIC_FIELDS, Static
+
+    fixed = {k: FIELDS[k].default for k in STATIC_FIELDS}
+    fixed["dtype"] = case.dtype
+    fixed["activation_power"] = float(fixed["activation_power"])
+    fixed["momentum"] = float(fixed["momentum"])
+    fixed.update(overrides)
+    return Static(d=case.d, n=case.n, n_test=case.n_test, width=case.width, **fixed,
+                  groups=case.groups, group_size=case.group_size)
+
+
+def case_inputs(static, seed0: int = 0):
+    """Run parameters ``(R,)`` and group seeds ``(S,)`` of a benchmark chunk.
+
+    Group s has seed ``seed0 + s``; the G runs of a group spread their pruning fractions over
+    [0, 0.9]. Every other value is the sweep files' default.
+    """
+    import jax.numpy as jnp
+
+    from jaxprune.config import FIELDS
+    from jaxprune.spec import SIZES, SWEPT, run_params_from_table
+
+    S, G = static.groups, static.group_size
+    R = S * G
+    columns = {k: np.full(R, FIELDS[k].default, np.float64) for k in SWEPT}
+    columns["fraction"] = np.tile(np.linspace(0.0, 0.9, G), S)
+    for k in SIZES:
+        columns[k] = np.full(R, getattr(static, k), np.int64)
+    seeds = np.arange(seed0, seed0 + S, dtype=np.uint32)
+    columns["seed"] = np.repeat(seeds, G)
+    params = run_params_from_table(columns, static.float_dtype)
+    jax = _jax()
+    return jax.tree.map(jnp.asarray, params), jnp.asarray(seeds)
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of every array leaf of a pytree."""
+    return int(sum(x.nbytes if hasattr(x, "nbytes") else np.asarray(x).nbytes
+                   for x in _jax().tree.leaves(tree)))
+
+
+def state_and_data_bytes(static) -> tuple[int, int]:
+    """Bytes of ``TrainState`` and of (``GroupData`` + ``RunParams``) for a static, from shapes
+    only (nothing is allocated)."""
+    jax = _jax()
+    from jaxprune import train
+
+    params, seeds = jax.eval_shape(lambda: case_inputs(static))
+    groups = jax.eval_shape(lambda s: train.make_groups(s, static), seeds)
+    state = jax.eval_shape(lambda p, g: train.init_state(p, g, static), params, groups)
+    nbytes = lambda t: int(sum(np.prod(x.shape) * x.dtype.itemsize  # noqa: E731
+                               for x in jax.tree.leaves(t)))
+    return nbytes(state), nbytes(groups) + nbytes(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine's matrix-product peak.
+
+
+def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float32") -> dict:
+    """float32 ``jnp.dot`` of two square ``N x N`` matrices: GFLOP/s per size (median of
+    ``repeats``) and the best of them."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    dot = jax.jit(jnp.dot)
+    per_size = {}
+    for size in sizes:
+        a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+        b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+        dot(a, b).block_until_ready()
+        dot(a, b).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            dot(a, b).block_until_ready()
+            times.append(time.perf_counter() - t)
+        per_size[size] = 2.0 * size**3 / statistics.median(times) / 1e9
+    return {"per_size_gflops": per_size, "best_gflops": max(per_size.values())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Implementations: each has ``run(steps)`` (blocking) and ``weights()``.
+
+
+class AdvanceRunner:
+    """``train.advance`` on a chunk laid out as the case says; compiled ahead of time."""
+
+    name = "advance"
+
+    def __init__(self, static, params, seeds):
+        jax = _jax()
+        import jax.numpy as jnp
+
+        from jaxprune import train
+
+        self.static, self.params = static, params
+        self.groups = train.make_groups(seeds, static)
+        self.state = train.init_state(params, self.groups, static)
+        jax.block_until_ready((self.groups, self.state))
+        t = time.perf_counter()
+        self.compiled = train.advance.lower(self.state, params, self.groups, jnp.int32(0),
+                                            static=static).compile()
+        self.compile_s = time.perf_counter() - t
+        self.steps_only = _steps_only(static).lower(self.state, params, self.groups,
+                                                    jnp.int32(0)).compile()
+        self.metrics = None
+
+    def run(self, steps: int) -> None:
+        """``train.advance``: ``steps`` steps, then the evaluation."""
+        import jax.numpy as jnp
+
+        self.state, self.metrics = self.compiled(self.state, self.params, self.groups,
+                                                 jnp.int32(steps))
+        _jax().block_until_ready((self.state, self.metrics))
+
+    def run_steps(self, steps: int) -> None:
+        """The same ``fori_loop`` of steps without the final evaluation (what is timed)."""
+        import jax.numpy as jnp
+
+        self.state = self.steps_only(self.state, self.params, self.groups, jnp.int32(steps))
+        _jax().block_until_ready(self.state)
+
+    def weights(self) -> np.ndarray:
+        return np.asarray(self.state.net.w)
+
+    def initial(self):
+        """What the other implementations start from: weights, mask, train samples."""
+        return self.state, self.groups
+
+
+class LoopRunner:
+    """The same step as a plain loop: one jitted single-run step per run and step.
+
+    Starts from the initial state of an ``AdvanceRunner`` (pass ``state`` and ``groups``
+    before that runner has stepped). Only the training samples are passed to the step.
+    """
+
+    name = "loop"
+
+    def __init__(self, static, params, state, groups):
+        jax = _jax()
+        from jaxprune import train
+        from jaxprune.data import GroupData
+
+        single = dataclasses.replace(static, groups=1, group_size=1)
+
+        def one_step(net, opt_state, mask, diverged, p, train_samples):
+            g = GroupData(train_samples, None, None, None, None)
+            return train._step_run(net, opt_state, mask, diverged, p, g, single)
+
+        self.step = jax.jit(one_step, donate_argnums=(0, 1, 3))
+        G = static.group_size
+        R = static.runs
+        take = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+        self.runs = []
+        trains = [take(groups.train, s) for s in range(static.groups)]
+        for r in range(R):
+            net = take(state.net, r)
+            net = jax.tree.map(lambda a: a.copy(), net)  # own buffers (donated)
+            self.runs.append([net, take(state.opt_state, r), take(state.mask, r),
+                              take(state.diverged, r), take(params, r), trains[r // G]])
+        jax.block_until_ready(self.runs)
+
+    def run(self, steps: int) -> None:
+        step = self.step
+        for _ in range(steps):
+            for run in self.runs:
+                run[0], run[1], run[3] = step(*run)
+        _jax().block_until_ready([run[0] for run in self.runs])
+
+    def weights(self) -> np.ndarray:
+        return np.stack([np.asarray(run[0].w) for run in self.runs])
+
+
+def load_torch_step():
+    """The ``TorchStep`` class of ``benchmarks/torch_step.py``, or None with the reason."""
+    if importlib.util.find_spec("torch") is None:
+        return None, "torch not installed (pip install 'jaxprune[bench]')"
+    # OpenMP threads that spin after each parallel region steal the cores XLA's threads need
+    # (and vice versa) when both run in one process; passive waiting is faster for both here.
+    # Only effective before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "torch_step.py"
+    if not path.exists():
+        return None, f"{path} not found (run from a source checkout)"
+    spec = importlib.util.spec_from_file_location("jaxprune_torch_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TorchStep, None
+
+
+class TorchRunner:
+    """``benchmarks/torch_step.TorchStep`` started from the same initial state."""
+
+    name = "torch"
+
+    def __init__(self, torch_step, static, params, state, groups, threads: int | None = 2):
+        jax = _jax()
+        host = jax.device_get
+        self.impl = torch_step(host(state.net.w), host(state.mask), host(params),
+                               host(groups.train.noise), host(groups.train.clean),
+                               host(groups.train.flip_draw), static, threads=threads)
+
+    def run(self, steps: int) -> None:
+        self.impl.run(steps)
+
+    def weights(self) -> np.ndarray:
+        return self.impl.weights()
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """(wall seconds, busy CPU seconds of the whole machine, CPU seconds of this process)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    busy = (sum(fields[:8]) - idle) / tick  # user..steal, without guest (counted in user)
+    t = os.times()
+    return time.perf_counter(), busy, t.user + t.system
+
+
+def _other_cores(start, end) -> float | None:
+    """Cores that other processes kept busy between two ``_cpu_sample``s."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]))
+
+
+def _interleaved(segments: dict, repeats: int) -> dict[str, list[float]]:
+    times = {k: [] for k in segments}
+    for _ in range(repeats):
+        for name, fn in segments.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def _steps_for(seconds_per_step: float, target: float, max_steps: int) -> int:
+    return int(max(1, min(max_steps, round(target / max(seconds_per_step, 1e-9)))))
+
+
+def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 5,
+                 target_s: float = 0.3, max_steps: int = 200, torch_threads: int = 2,
+                 log=None) -> dict:
+    """Times the implementations on one case, interleaved; medians of ``repeats``.
+
+    Returns:
+      A dict with the case, ``flop_per_run_step``, ``compile_s`` (of ``advance``), ``eval_s``
+      (the evaluation ``advance`` ends with), ``other_cores`` (CPU other processes used while
+      timing), and per implementation ``steps`` (per timed
+      segment), ``step_s`` (median seconds per step of all R runs), ``run_steps_per_s`` and
+      ``gflops``; or ``skipped`` with the reason.
+    """
+    log = log or (lambda msg: None)
+    static = case_static(case)
+    params, seeds = case_inputs(static)
+    adv = AdvanceRunner(static, params, seeds)
+    state0, groups = adv.initial()
+    runners = {"advance": adv}
+    skipped = {}
+    if "loop" in impls:
+        runners["loop"] = LoopRunner(static, params, state0, groups)
+    if "torch" in impls:
+        torch_step, why = load_torch_step()
+        if torch_step is None:
+            skipped["torch"] = why
+        else:
+            runners["torch"] = TorchRunner(torch_step, static, params, state0, groups,
+                                           torch_threads)
+    del state0  # advance donates its state: the copies above own their buffers.
+
+    # Warm-up (compiles the loop step, touches every buffer), then one step each to size K.
+    step_fns = {k: (r.run_steps if k == "advance" else r.run) for k, r in runners.items()}
+    for f in step_fns.values():
+        f(1)
+    adv.run(0)
+    probe = _interleaved({k: (lambda f=f: f(1)) for k, f in step_fns.items()}, 1)
+    steps = {k: _steps_for(t[0], target_s, max_steps) for k, t in probe.items()}
+    segments = {k: (lambda f=f, s=steps[k]: f(s)) for k, f in step_fns.items()}
+    segments["advance_eval"] = lambda: adv.run(0)
+    cpu_start = _cpu_sample()
+    times = _interleaved(segments, repeats)
+    other = _other_cores(cpu_start, _cpu_sample())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    flop = step_flops(static)
+    out = {"case": dataclasses.asdict(case), "S": static.groups, "G": static.group_size,
+           "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
+           "other_cores": other,
+           "impls": {}, "skipped": skipped}
+    for k in runners:
+        step_s = med[k] / steps[k]
+        out["impls"][k] = {"steps": steps[k], "step_s": step_s,
+                           "run_steps_per_s": case.runs / step_s,
+                           "gflops": case.runs * flop / step_s / 1e9,
+                           "spread": (min(times[k]) / med[k], max(times[k]) / med[k])}
+    log(_case_line(out))
+    return out
+
+
+def _case_line(r: dict) -> str:
+    c = r["case"]
+    parts = [f"{c['size']} {c['layout']} R={c['runs']}"]
+    for k, v in r["impls"].items():
+        parts.append(f"{k} {v['run_steps_per_s']:.4g} run-steps/s ({v['gflops']:.1f} GFLOP/s)")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: a fresh process per configuration.
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    """Resets VmHWM to the current RSS (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _steps_only(static):
+    """``advance`` without its final evaluation: the same ``fori_loop`` over the same body."""
+    jax = _jax()
+    import functools
+
+    from jaxprune import train
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def steps(state, params, groups, num_steps):
+        step = train.over_runs(
+            lambda net, o, m, dv, p, group: train._step_run(net, o, m, dv, p, group, static),
+            static)
+
+        def body(_, s):
+            net, opt_state, diverged = step(s.net, s.opt_state, s.mask, s.diverged, params,
+                                            groups)
+            return s._replace(net=net, opt_state=opt_state, diverged=diverged)
+
+        return jax.lax.fori_loop(0, num_steps, body, state)
+
+    return steps
+
+
+def _memory_child(spec: str) -> None:
+    """Runs in a subprocess: compiles, then allocates and steps one case; prints JSON.
+
+    Peaks (VmHWM, reset with ``clear_refs`` between phases): ``setup_peak`` (make_groups and
+    init_state), ``steps_peak`` (2 steps without evaluation), ``eval_peak`` (train.evaluate),
+    ``advance_peak`` (advance: 2 steps and the evaluation).
+    """
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from jaxprune import train
+
+    case = Case(**json.loads(spec))
+    static = case_static(case)
+    params, seeds = case_inputs(static)
+    groups_abs = jax.eval_shape(lambda s: train.make_groups(s, static), seeds)
+    state_abs = jax.eval_shape(lambda p, g: train.init_state(p, g, static), params, groups_abs)
+    make = train.make_groups.lower(seeds, static=static).compile()
+    init = train.init_state.lower(params, groups_abs, static=static).compile()
+    two = jnp.int32(2)
+    adv = train.advance.lower(state_abs, params, groups_abs, two, static=static).compile()
+    steps = _steps_only(static).lower(state_abs, params, groups_abs, two).compile()
+    evaluate = train.evaluate.lower(state_abs, params, groups_abs, static=static).compile()
+    kib = 1024
+    baseline = _status_kib("VmRSS") * kib
+    resettable = _reset_peak()
+    groups = make(seeds)
+    state = init(params, groups)
+    jax.block_until_ready((groups, state))
+    peaks = {"setup_peak": _status_kib("VmHWM") * kib}
+    _reset_peak()
+    state = steps(state, params, groups, two)
+    jax.block_until_ready(state)
+    peaks["steps_peak"] = _status_kib("VmHWM") * kib
+    _reset_peak()
+    jax.block_until_ready(evaluate(state, params, groups))
+    peaks["eval_peak"] = _status_kib("VmHWM") * kib
+    _reset_peak()
+    state, metrics = adv(state, params, groups, two)
+    jax.block_until_ready((state, metrics))
+    peaks["advance_peak"] = _status_kib("VmHWM") * kib
+    print(json.dumps({
+        "baseline": baseline, **peaks, "resettable": resettable,
+        "state_bytes": tree_bytes(state), "data_bytes": tree_bytes(groups) + tree_bytes(params),
+        "w_bytes": tree_bytes(state.net.w)}))
+
+
+def memory_profile(case: Case, timeout: float = 900) -> dict:
+    """Peak resident memory of a fresh process that steps ``case``, against its state and data.
+
+    Ratios ``*_ratio`` = (peak RSS of a phase - RSS before allocating) / (state + data bytes),
+    for the phases of ``_memory_child``; the programs are compiled before the baseline is
+    taken, so compiler memory is excluded.
+    """
+    code = f"from jaxprune.bench import _memory_child; _memory_child({json.dumps(json.dumps(dataclasses.asdict(case)))})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+    if proc.returncode != 0:
+        return {"case": dataclasses.asdict(case), "error": proc.stderr.strip()[-500:]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    total = out["state_bytes"] + out["data_bytes"]
+    out["case"] = dataclasses.asdict(case)
+    for phase in ("setup", "steps", "eval", "advance"):
+        out[f"{phase}_ratio"] = (out[f"{phase}_peak"] - out["baseline"]) / total
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilations of a sweep over d.
+
+
+def compile_count(d_values=None, n: int = 100, width: int = 50, seeds: int = 4,
+                  fractions=(0.0, 0.5, 0.8, 0.9, 0.95), verify: bool = True) -> dict:
+    """Programs ``advance`` compiles for a sweep over 100 values of ``d``.
+
+    Planned: distinct ``Static`` values of ``plan.plan_chunks`` for the sweep at the given
+    sizes (nothing is compiled). Verified (``verify``): a tiny sweep over 100 values of ``d``
+    run end to end by the engine, counting compilations of ``advance`` in JAX's compile log.
+    """
+    import logging
+    import tempfile
+
+    jax = _jax()
+    from jaxprune import engine
+    from jaxprune.config import sweep_from_dict
+    from jaxprune.plan import default_memory_budget, plan_chunks
+
+    d_values = list(d_values or np.linspace(500, 2000, 100).round().astype(int).tolist())
+    sweep = sweep_from_dict({
+        "name": "bench-d-sweep", "data": {"d": d_values, "n": n, "n_test": 1000},
+        "model": {"width": width}, "prune": {"fraction": list(fractions)},
+        "sweep": {"seeds": seeds}})
+    chunks = plan_chunks(sweep.run_table(), default_memory_budget())
+    statics = {c.static for c in chunks}
+    out = {"d_values": len(set(d_values)), "runs": len(sweep.run_table()),
+           "chunks": len(chunks), "planned_programs": len(statics),
+           "padded_d": sorted({s.d for s in statics})}
+    if not verify:
+        return out
+
+    tiny_d = list(range(20, 120))
+    tiny = sweep_from_dict({
+        "name": "bench-d-tiny", "data": {"d": tiny_d, "n": 4, "n_test": 8},
+        "model": {"width": 2}, "prune": {"fraction": [0.0, 0.5]},
+        "train": {"steps": 4, "eval_every": 2, "checkpoint_every": 4}, "sweep": {"seeds": 1}})
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.DEBUG)
+    logger = logging.getLogger("jax")
+    old = logger.level, logger.propagate, jax.config.jax_log_compiles
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.run(tiny, Path(tmp) / "out", progress=False, log=lambda m: None)
+    finally:
+        jax.config.update("jax_log_compiles", old[2])
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
+    compiled = [m for m in messages if "Finished XLA compilation of jit(advance)" in m]
+    tiny_chunks = plan_chunks(tiny.run_table(), default_memory_budget())
+    out.update({"tiny_d_values": len(tiny_d),
+                "tiny_planned_programs": len({c.static for c in tiny_chunks}),
+                "tiny_advance_compilations": len(compiled)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole benchmark.
+
+
+def _machine() -> dict:
+    jax = _jax()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except OSError:
+        mem = 0
+    torch_version = None
+    if importlib.util.find_spec("torch") is not None:
+        from importlib import metadata
+
+        torch_version = metadata.version("torch")  # without importing torch
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "torch": torch_version,
+            "python": platform.python_version(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def default_cases(quick: bool, sizes=None, runs=None, layouts=None,
+                  memory_cap_gb: float = 3.0) -> list[Case]:
+    """The cases of a quick or full run; configurations whose state and data (of one
+    implementation; each holds its own, plus temporaries) exceed ``memory_cap_gb`` are left
+    out (at 3 GB: R = 4096 at d = 2000, and R seeds beyond 1024 or 256)."""
+    sizes = sizes or (["paper-d1000"] if quick else list(SIZE_SETS))
+    runs = runs or (QUICK_RUNS if quick else FULL_RUNS)
+    layouts = layouts or LAYOUTS
+    cases = []
+    for size in sizes:
+        d, n, width = SIZE_SETS[size]
+        for layout in layouts:
+            for R in runs:
+                case = Case(size, d, n, width, R, layout)
+                if _case_bytes(case) <= memory_cap_gb * 1e9:
+                    cases.append(case)
+    return cases
+
+
+def _case_bytes(case: Case) -> int:
+    """A cheap estimate of state + data bytes: weights, mask, shared draws, samples."""
+    w = 2 * case.width * case.d
+    f = 4 if case.dtype == "float32" else 8
+    state = case.runs * w * (f + 1)
+    data = case.groups * ((case.n + case.n_test) * case.d * f + 2 * w * f)
+    return state + data
+
+
+def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advance", "loop",
+        "torch"), repeats: int | None = None, target_s: float | None = None,
+        memory: bool = True, compiles: bool = True, torch_threads: int = 2,
+        memory_cap_gb: float = 3.0, peak_sizes=None, log=print) -> dict:
+    """Runs the benchmark and returns every measurement (JSON-serialisable)."""
+    repeats = repeats or (3 if quick else 5)
+    target_s = target_s or (0.15 if quick else 0.5)
+    result = {"machine": _machine(), "quick": quick, "load_start": _loadavg(),
+              "settings": {"repeats": repeats, "target_s": target_s,
+                           "torch_threads": torch_threads, "impls": list(impls)}}
+    log(f"load average {result['load_start']}; measuring the matrix-product peak")
+    peak_sizes = peak_sizes or ((1024, 2048) if quick else (1024, 2048, 3072, 4096))
+    peak = matmul_peak(peak_sizes, repeats=repeats)
+    log(f"peak {peak['best_gflops']:.1f} GFLOP/s ({peak['per_size_gflops']})")
+    cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb)
+    result["cases"] = []
+    for case in cases:
+        result["cases"].append(measure_case(case, impls, repeats, target_s,
+                                            torch_threads=torch_threads, log=log))
+    peak_end = matmul_peak(peak_sizes, repeats=repeats)
+    log(f"peak at the end {peak_end['best_gflops']:.1f} GFLOP/s")
+    result["peak"] = {"start": peak, "end": peak_end,
+                      "best_gflops": max(peak["best_gflops"], peak_end["best_gflops"])}
+    if memory:
+        mem_runs = (256,) if quick else (256, 1024, 4096)
+        mem_cases = [c for c in default_cases(quick, sizes, mem_runs, layouts, memory_cap_gb)]
+        result["memory"] = []
+        for case in mem_cases:
+            m = memory_profile(case)
+            result["memory"].append(m)
+            if "error" in m:
+                log(f"memory {case.size} {case.layout} R={case.runs}: error {m['error']}")
+            else:
+                log(f"memory {case.size} {case.layout} R={case.runs}: steps "
+                    f"{m['steps_ratio']:.2f}x, advance {m['advance_ratio']:.2f}x state+data")
+    if compiles:
+        result["compiles"] = compile_count(verify=True)
+        log(f"compiles: {result['compiles']}")
+    result["load_end"] = _loadavg()
+    result["settings"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+
+def _fmt(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _cores_text(cores) -> str:
+    return "n/a" if cores is None else f"{cores:.2f}"
+
+
+def _load_text(load) -> str:
+    return "n/a" if load is None else f"{load:.2f}"
+
+
+def format_markdown(result: dict) -> str:
+    """The measurements as markdown tables (paste into ``benchmarks/RESULTS.md``)."""
+    m = result["machine"]
+    peak = result["peak"]["best_gflops"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {m['jax']} "
+        f"({m['backend']}), torch {m['torch'] or 'not installed'}, Python {m['python']}; "
+        f"{m['date']}. XLA_FLAGS={m.get('xla_flags', '')!r}.",
+        f"Load average (1 min): {_load_text(result['load_start'])} at the start, "
+        f"{_load_text(result['load_end'])} at the end (2 cores; above about 0.5 other "
+        "processes were competing for them and every number below is depressed and noisy).",
+        f"float32 matrix-product peak (best of square jnp.dot sizes, measured at the start and "
+        f"the end): **{peak:.1f} GFLOP/s** (start "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in result["peak"]["start"]["per_size_gflops"].items())
+        + "; end "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in result["peak"]["end"]["per_size_gflops"].items())
+        + ").",
+        "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
+        "less this process's CPU time; 0 = a quiet machine).",
+        f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
+        f"{result['settings']['torch_threads']} (OMP_WAIT_POLICY="
+        f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
+        "(the forward and gradient products with the noise patches, padded sizes).",
+        "",
+        "| sizes (d, n, m) | layout | R | S x G | advance run-steps/s | GFLOP/s | % of peak "
+        "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
+        "| compile s | eval s | others' CPU |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["cases"]:
+        c, im = r["case"], r["impls"]
+        adv = im["advance"]
+        loop, tor = im.get("loop"), im.get("torch")
+        cell = lambda v: _fmt(v["run_steps_per_s"]) if v else "n/a"  # noqa: E731
+        ratio = lambda v: f"{adv['run_steps_per_s'] / v['run_steps_per_s']:.2f}" if v else "n/a"  # noqa: E731
+        lines.append(
+            f"| {c['size']} ({c['d']}, {c['n']}, {c['width']}) | {c['layout']} | {c['runs']} "
+            f"| {r['S']} x {r['G']} | {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
+            f"| {100 * adv['gflops'] / peak:.0f} % | {cell(loop)} | {cell(tor)} | {ratio(tor)} "
+            f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
+            f"| {_cores_text(r.get('other_cores'))} |")
+    skipped = {v for r in result["cases"] for v in r["skipped"].values()}
+    for why in sorted(skipped):
+        lines.append(f"\ntorch: {why}")
+    if result.get("memory"):
+        lines += ["", "Peak RSS of a fresh process per row, over its RSS before allocating "
+                  "(programs compiled first), divided by state + data bytes:", "",
+                  "| sizes | layout | R | state MB | data MB | baseline RSS MB "
+                  "| steps only | evaluate | advance (steps + evaluate) | setup |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for mrow in result["memory"]:
+            c = mrow["case"]
+            if "error" in mrow:
+                lines.append(f"| {c['size']} | {c['layout']} | {c['runs']} | error: "
+                             f"{mrow['error'][-80:]} | | | | | |")
+                continue
+            mb = lambda b: f"{b / 1e6:,.0f}"  # noqa: E731
+            lines.append(
+                f"| {c['size']} | {c['layout']} | {c['runs']} | {mb(mrow['state_bytes'])} "
+                f"| {mb(mrow['data_bytes'])} | {mb(mrow['baseline'])} "
+                f"| {mrow['steps_ratio']:.2f} | {mrow['eval_ratio']:.2f} "
+                f"| {mrow['advance_ratio']:.2f} | {mrow['setup_ratio']:.2f} |")
+    if result.get("compiles"):
+        cc = result["compiles"]
+        lines += ["", f"Sweep over {cc['d_values']} values of d ({cc['runs']} runs, n = 100, "
+                  f"width = 50): {cc['chunks']} chunks, **{cc['planned_programs']} programs** "
+                  f"(padded d = {cc['padded_d']})."]
+        if "tiny_advance_compilations" in cc:
+            lines.append(
+                f"Verified end to end on a tiny sweep over {cc['tiny_d_values']} values of d: "
+                f"the plan has {cc['tiny_planned_programs']} programs and JAX's compile log "
+                f"shows {cc['tiny_advance_compilations']} compilations of advance.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``jaxprune bench``."""
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run (about a minute): paper sizes d=1000, R in {16, 256}")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZE_SETS), metavar="SIZES",
+                        help="size sets to measure: " + ", ".join(
+                            f"{k} (d, n, width = {v})" for k, v in SIZE_SETS.items()))
+    parser.add_argument("--runs", nargs="+", type=int, metavar="R",
+                        help="numbers of runs R (default 16 64 256 1024 4096; quick 16 256)")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS,
+                        help="shared: R runs of one seed (S=1, G=R); seeds: R seeds, one run "
+                             "each (S=R, G=1); default both")
+    parser.add_argument("--impls", nargs="+", default=["advance", "loop", "torch"],
+                        choices=["advance", "loop", "torch"],
+                        help="implementations to time (advance is always timed)")
+    parser.add_argument("--repeats", type=int, help="timed repeats per case (median)")
+    parser.add_argument("--target-seconds", type=float,
+                        help="length of one timed segment per implementation")
+    parser.add_argument("--torch-threads", type=int, default=2,
+                        help="torch.set_num_threads (default 2)")
+    parser.add_argument("--memory-cap-gb", type=float, default=3.0,
+                        help="leave out cases whose state and data exceed this many GB "
+                             "(default 3: every implementation holds its own copy)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory profile")
+    parser.add_argument("--no-compiles", action="store_true",
+                        help="skip counting the programs of a sweep over d")
+    parser.add_argument("--xla-flags", metavar="FLAGS", default="",
+                        help="appended to XLA_FLAGS before JAX starts, e.g. "
+                             "'--xla_cpu_experimental_ynn_fusion_type=' (XLA:CPU without "
+                             "YNNPACK fusions); must be the first JAX work of the process")
+    parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the tables here")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``jaxprune bench``: prints progress, then the markdown tables."""
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    impls = tuple(dict.fromkeys(["advance", *args.impls]))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    result = run(quick=args.quick, sizes=args.sizes, runs=args.runs, layouts=args.layouts,
+                 impls=impls, repeats=args.repeats, target_s=args.target_seconds,
+                 memory=not args.no_memory, compiles=not args.no_compiles,
+                 torch_threads=args.torch_threads, memory_cap_gb=args.memory_cap_gb, log=log)
+    text = format_markdown(result)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0

@@ -1,0 +1,146 @@
+"""``jaxprune bench``: the harness runs, counts FLOPs by the formula, and every implementation it
+times computes the same step as ``train.advance`` (speed itself is never asserted here)."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune import bench, cli, train
+
+TINY = dict(size="tiny", d=40, n=8, width=4, n_test=16)
+
+
+def tiny_case(runs=4, layout="shared", dtype="float64"):
+    return bench.Case(**TINY, runs=runs, layout=layout, dtype=dtype)
+
+
+def advanced(case, steps, **static_overrides):
+    static = bench.case_static(case, **static_overrides)
+    params, seeds = bench.case_inputs(static)
+    runner = bench.AdvanceRunner(static, params, seeds)
+    state0, groups = runner.initial()
+    copy = jax.tree.map(lambda a: a.copy(), state0)
+    runner.run(steps)
+    return static, params, groups, copy, runner
+
+
+@pytest.mark.parametrize("layout", ["shared", "seeds"])
+def test_timed_steps_are_advance_without_its_evaluation(layout):
+    case = tiny_case(runs=4, layout=layout)
+    static, params, groups, state0, runner = advanced(case, 6)
+    other = bench.AdvanceRunner(static, params, bench.case_inputs(static)[1])
+    other.run_steps(6)
+    np.testing.assert_array_equal(other.weights(), runner.weights())
+    np.testing.assert_array_equal(np.asarray(other.state.diverged),
+                                  np.asarray(runner.state.diverged))
+
+
+def test_flop_formula():
+    static = bench.case_static(bench.Case("x", d=1000, n=100, width=50, runs=16,
+                                          layout="shared"))
+    assert bench.step_flops(static) == 8 * 50 * 100 * 1000
+
+
+@pytest.mark.parametrize("layout", ["shared", "seeds"])
+def test_plain_loop_matches_advance(layout):
+    case = tiny_case(runs=4, layout=layout)
+    static, params, groups, state0, runner = advanced(case, 7)
+    loop = bench.LoopRunner(static, params, state0, groups)
+    loop.run(7)
+    assert np.all(np.isfinite(runner.weights()))
+    assert np.abs(runner.weights()).max() > 0
+    np.testing.assert_allclose(loop.weights(), runner.weights(), rtol=1e-10, atol=1e-13)
+
+
+def test_plain_loop_matches_advance_float32():
+    case = tiny_case(runs=4, layout="shared", dtype="float32")
+    static, params, groups, state0, runner = advanced(case, 5)
+    loop = bench.LoopRunner(static, params, state0, groups)
+    loop.run(5)
+    np.testing.assert_allclose(loop.weights(), runner.weights(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["shared", "seeds"])
+@pytest.mark.parametrize("options", [
+    {},
+    {"activation_power": 1.0, "output_scale": "sum", "patch_pool": "mean",
+     "signal_support": 3},
+])
+def test_torch_step_matches_advance(layout, options):
+    pytest.importorskip("torch")  # the optional ``bench`` extra
+    torch_step, why = bench.load_torch_step()
+    assert torch_step is not None, why
+    case = tiny_case(runs=6, layout=layout)
+    static, params, groups, state0, runner = advanced(case, 9, **options)
+    impl = bench.TorchRunner(torch_step, static, params, state0, groups, threads=1)
+    impl.run(9)
+    np.testing.assert_allclose(impl.weights(), runner.weights(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(impl.impl.loss(), np.asarray(runner.metrics.train_loss),
+                               rtol=1e-9)
+    # Pruned weights stay exactly zero.
+    assert np.all(impl.weights()[~np.asarray(state0.mask)] == 0.0)
+
+
+@pytest.mark.parametrize("layout", ["shared", "seeds"])
+def test_prototype_steps_match_advance(layout):
+    """The faster formulations in benchmarks/prototypes.py (candidates for train.py) give
+    advance's weights, with the blocked ones split into 3 blocks."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "prototypes.py"
+    spec = importlib.util.spec_from_file_location("jaxprune_prototypes", path)
+    prototypes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prototypes)
+    prototypes.check("float64", steps=6, layouts=(layout,),
+                     options=[{"signal_support": 2, "output_scale": "sum"}])
+
+
+def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
+    monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
+    result = bench.run(quick=True, sizes=["tiny"], runs=[2, 4], impls=("advance", "loop"),
+                       repeats=1, target_s=0.001, memory=False, compiles=False,
+                       peak_sizes=(128,),
+                       log=lambda m: None)
+    assert len(result["cases"]) == 4  # two R, two layouts
+    for r in result["cases"]:
+        assert r["flop_per_run_step"] == 8 * TINY["width"] * TINY["n"] * TINY["d"]
+        for impl in ("advance", "loop"):
+            v = r["impls"][impl]
+            assert v["run_steps_per_s"] > 0
+            np.testing.assert_allclose(
+                v["gflops"], v["run_steps_per_s"] * r["flop_per_run_step"] / 1e9, rtol=1e-12)
+    text = bench.format_markdown(result)
+    assert "| tiny (40, 8, 4) | shared | 2 | 1 x 2 |" in text
+    assert "| tiny (40, 8, 4) | seeds | 4 | 4 x 1 |" in text
+    json.dumps(result, default=str)
+
+
+def test_memory_profile_of_a_tiny_case():
+    m = bench.memory_profile(tiny_case(runs=4, dtype="float32"))
+    assert "error" not in m, m.get("error")
+    static = bench.case_static(tiny_case(runs=4, dtype="float32"))
+    state_bytes, data_bytes = bench.state_and_data_bytes(static)
+    assert m["state_bytes"] == state_bytes
+    assert m["data_bytes"] == data_bytes
+    for phase in ("setup", "steps", "eval", "advance"):
+        assert m[f"{phase}_peak"] >= m["baseline"] > 0
+
+
+def test_compile_count_of_a_d_sweep():
+    out = bench.compile_count(verify=True)
+    assert out["d_values"] == 100
+    assert out["planned_programs"] <= 4
+    assert out["tiny_d_values"] == 100
+    # What the plan promises is what JAX compiles.
+    assert out["tiny_advance_compilations"] == out["tiny_planned_programs"] <= 4
+
+
+def test_cli_has_bench_with_quick_mode():
+    args = cli.build_parser().parse_args(["bench", "--quick", "--no-memory", "--runs", "16"])
+    assert args.quick and args.no_memory and args.runs == [16]
+    assert args.command == "bench"
