@@ -457,7 +457,8 @@ def _reset_peak() -> bool:
 
 
 def _steps_only(static):
-    """``advance`` without its final evaluation: the same ``fori_loop`` over the same body."""
+    """``advance`` without its final evaluation: the same ``fori_loop`` over the same body
+    (keep in step with ``train.advance``; ``tests/test_bench.py`` checks they agree)."""
     jax = _jax()
     import functools
 
@@ -469,12 +470,13 @@ def _steps_only(static):
             lambda net, o, m, dv, p, group: train._step_run(net, o, m, dv, p, group, static),
             static)
 
-        def body(_, s):
-            net, opt_state, diverged = step(s.net, s.opt_state, s.mask, s.diverged, params,
-                                            groups)
-            return s._replace(net=net, opt_state=opt_state, diverged=diverged)
+        def body(_, carry):
+            return step(*carry[:2], state.mask, carry[2], params, groups)
 
-        return jax.lax.fori_loop(0, num_steps, body, state)
+        net, opt_state, diverged = jax.lax.fori_loop(
+            0, num_steps, body, (state.net, state.opt_state, state.diverged))
+        return state._replace(net=net, opt_state=opt_state, diverged=diverged,
+                              step=state.step + num_steps)
 
     return steps
 
@@ -637,11 +639,25 @@ def _machine() -> dict:
 
         torch_version = metadata.version("torch")  # without importing torch
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1),
+            "commit": _commit(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "torch": torch_version,
             "python": platform.python_version(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _commit() -> str | None:
+    """The source checkout's commit, with ``+dirty`` when jaxprune/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "jaxprune"], cwd=root,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def _loadavg() -> float | None:
@@ -749,7 +765,8 @@ def format_markdown(result: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {m['jax']} "
         f"({m['backend']}), torch {m['torch'] or 'not installed'}, Python {m['python']}; "
-        f"{m['date']}. XLA_FLAGS={m.get('xla_flags', '')!r}.",
+        f"{m['date']}. XLA_FLAGS={m.get('xla_flags', '')!r}. jaxprune commit "
+        f"{m.get('commit') or 'unknown'}.",
         f"Load average (1 min): {_load_text(result['load_start'])} at the start, "
         f"{_load_text(result['load_end'])} at the end (2 cores; above about 0.5 other "
         "processes were competing for them and every number below is depressed and noisy).",
