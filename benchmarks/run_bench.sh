@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Records the full benchmark for benchmarks/RESULTS.md: waits (up to WAIT_TRIES x 60 s) for
-# the 1-minute load average to fall below MAX_LOAD, then runs `jaxprune bench` twice, with
-# XLA:CPU's default fusions and without its YNNPACK fusions, writing JSON and markdown tables
-# to benchmarks/results/. Usage (from the repository root):
+# the 1-minute load average to fall below MAX_LOAD, then runs `jaxprune bench`, writing JSON
+# and markdown tables to benchmarks/results/. Usage (from the repository root):
 #
-#     bash benchmarks/run_bench.sh            # full mode (about 15-25 minutes per pass)
-#     bash benchmarks/run_bench.sh --quick    # quick mode (about a minute per pass)
+#     bash benchmarks/run_bench.sh            # full mode (about 15-25 minutes)
+#     bash benchmarks/run_bench.sh --quick    # quick mode (about a minute)
 #
 # Extra arguments go to `jaxprune bench`. PYTHON overrides the interpreter.
 set -euo pipefail
@@ -30,14 +29,6 @@ wait_quiet() {
   echo "WARNING: the machine never got quiet; recording under load (see the load column)" >&2
 }
 
-for pass in default no-ynn; do
-  flags=()
-  if [ "$pass" = no-ynn ]; then
-    # Memory and compile counts do not depend on the fusion library: measured once.
-    flags=(--xla-flags=--xla_cpu_experimental_ynn_fusion_type= --no-memory --no-compiles)
-  fi
-  wait_quiet
-  "$PYTHON" -m jaxprune.cli bench "${flags[@]}" "$@" \
-    --json "$out/$stamp-$pass.json" --markdown "$out/$stamp-$pass.md"
-done
-echo "tables: $out/$stamp-*.md" >&2
+wait_quiet
+"$PYTHON" -m jaxprune.cli bench "$@" --json "$out/$stamp.json" --markdown "$out/$stamp.md"
+echo "tables: $out/$stamp.md" >&2

@@ -3,14 +3,13 @@
 What is measured, in one process, interleaved (every implementation runs one timed segment in
 turn, repeated), reporting medians of the repeats after warm-up:
 
-- ``advance``: the batched jitted ``fori_loop`` of ``train.advance`` (the engine's program).
-  ``advance`` ends with an evaluation; the step is timed with the same ``fori_loop`` over the
-  same body without it (``_steps_only``; a test checks it gives ``advance``'s numbers), and
-  ``advance`` with 0 steps times the evaluation alone (reported separately). Subtracting
-  ``t(0)`` from ``t(K)`` instead proved fragile under load when the evaluation costs about
-  as much as the K steps.
+- ``advance``: the engine's program, ``train.advance`` = ``train.train_steps`` (one jitted
+  ``fori_loop`` of steps) followed by an evaluation. The step is timed as ``train_steps``
+  alone, and ``advance`` with 0 steps times the evaluation (reported separately).
+  Subtracting ``t(0)`` from ``t(K)`` instead proved fragile under load when the evaluation
+  costs about as much as the K steps.
 - ``loop``: the same step as a plain Python loop over runs, one jitted single-run step
-  (``train._step_run``) per run and step.
+  (``train.train_steps`` of one step at R = 1) per run and step.
 - ``torch``: ``benchmarks/torch_step.py``, a PyTorch implementation of the batched step
   (closed-form gradient, ``bmm``), with ``torch.set_num_threads(threads)``; only where PyTorch
   (the optional ``bench`` extra) is installed and the repository's ``benchmarks/`` is present.
@@ -222,8 +221,8 @@ class AdvanceRunner:
         self.compiled = train.advance.lower(self.state, params, self.groups, jnp.int32(0),
                                             static=static).compile()
         self.compile_s = time.perf_counter() - t
-        self.steps_only = _steps_only(static).lower(self.state, params, self.groups,
-                                                    jnp.int32(0)).compile()
+        self.steps_only = train.train_steps.lower(self.state, params, self.groups,
+                                                  jnp.int32(0), static=static).compile()
         self.metrics = None
 
     def run(self, steps: int) -> None:
@@ -235,10 +234,15 @@ class AdvanceRunner:
         _jax().block_until_ready((self.state, self.metrics))
 
     def run_steps(self, steps: int) -> None:
-        """The same ``fori_loop`` of steps without the final evaluation (what is timed)."""
+        """``train.train_steps`` in segments of ``eval_every`` steps, as the engine calls it
+        (what is timed; the evaluations between segments are timed apart, as ``eval_s``)."""
         import jax.numpy as jnp
 
-        self.state = self.steps_only(self.state, self.params, self.groups, jnp.int32(steps))
+        while steps > 0:
+            segment = min(steps, self.static.eval_every)
+            self.state = self.steps_only(self.state, self.params, self.groups,
+                                         jnp.int32(segment))
+            steps -= segment
         _jax().block_until_ready(self.state)
 
     def weights(self) -> np.ndarray:
@@ -250,47 +254,42 @@ class AdvanceRunner:
 
 
 class LoopRunner:
-    """The same step as a plain loop: one jitted single-run step per run and step.
+    """The same step as a plain loop: one jitted single-run step (``train.train_steps`` of one
+    step at R = 1) per run and step.
 
     Starts from the initial state of an ``AdvanceRunner`` (pass ``state`` and ``groups``
-    before that runner has stepped). Only the training samples are passed to the step.
+    before that runner has stepped).
     """
 
     name = "loop"
 
     def __init__(self, static, params, state, groups):
         jax = _jax()
+        import jax.numpy as jnp
+
         from jaxprune import train
-        from jaxprune.data import GroupData
 
-        single = dataclasses.replace(static, groups=1, group_size=1)
-
-        def one_step(net, opt_state, mask, diverged, p, train_samples):
-            g = GroupData(train_samples, None, None, None, None)
-            return train._step_run(net, opt_state, mask, diverged, p, g, single)
-
-        self.step = jax.jit(one_step, donate_argnums=(0, 1, 3))
+        single = dataclasses.replace(static, groups=1, group_size=1, formulation="direct")
+        one = jnp.int32(1)
+        self.step = lambda st, p, g: train.train_steps(st, p, g, one, single)  # noqa: E731
         G = static.group_size
-        R = static.runs
-        take = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+        take = lambda tree, i: jax.tree.map(lambda a: a[i:i + 1], tree)  # noqa: E731
         self.runs = []
-        trains = [take(groups.train, s) for s in range(static.groups)]
-        for r in range(R):
-            net = take(state.net, r)
-            net = jax.tree.map(lambda a: a.copy(), net)  # own buffers (donated)
-            self.runs.append([net, take(state.opt_state, r), take(state.mask, r),
-                              take(state.diverged, r), take(params, r), trains[r // G]])
+        for r in range(static.runs):
+            # Every run owns its buffers (they are donated), the step counter included.
+            run_state = jax.tree.map(lambda a: a[r:r + 1] if a.ndim else a.copy(), state)  # noqa: B023
+            self.runs.append([run_state, take(params, r), take(groups, r // G)])
         jax.block_until_ready(self.runs)
 
     def run(self, steps: int) -> None:
         step = self.step
         for _ in range(steps):
             for run in self.runs:
-                run[0], run[1], run[3] = step(*run)
+                run[0] = step(*run)
         _jax().block_until_ready([run[0] for run in self.runs])
 
     def weights(self) -> np.ndarray:
-        return np.stack([np.asarray(run[0].w) for run in self.runs])
+        return np.concatenate([np.asarray(run[0].net.w) for run in self.runs])
 
 
 def load_torch_step():
@@ -403,8 +402,13 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     for f in step_fns.values():
         f(1)
     adv.run(0)
-    probe = _interleaved({k: (lambda f=f: f(1)) for k, f in step_fns.items()}, 1)
-    steps = {k: _steps_for(t[0], target_s, max_steps) for k, t in probe.items()}
+    # The kernel formulation builds its Gram matrices once per call: its segments are whole
+    # multiples of eval_every steps, as the engine runs them.
+    unit = {k: (static.eval_every if k == "advance" and static.kernel_step else 1)
+            for k in step_fns}
+    probe = _interleaved({k: (lambda f=f, u=unit[k]: f(u)) for k, f in step_fns.items()}, 1)
+    steps = {k: unit[k] * _steps_for(t[0], target_s, max(1, max_steps // unit[k]))
+             for k, t in probe.items()}
     segments = {k: (lambda f=f, s=steps[k]: f(s)) for k, f in step_fns.items()}
     segments["advance_eval"] = lambda: adv.run(0)
     cpu_start = _cpu_sample()
@@ -413,6 +417,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     med = {k: statistics.median(v) for k, v in times.items()}
     flop = step_flops(static)
     out = {"case": dataclasses.asdict(case), "S": static.groups, "G": static.group_size,
+           "formulation": "kernel" if static.kernel_step else "direct",
            "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
            "other_cores": other,
            "impls": {}, "skipped": skipped}
@@ -456,31 +461,6 @@ def _reset_peak() -> bool:
         return False
 
 
-def _steps_only(static):
-    """``advance`` without its final evaluation: the same ``fori_loop`` over the same body
-    (keep in step with ``train.advance``; ``tests/test_bench.py`` checks they agree)."""
-    jax = _jax()
-    import functools
-
-    from jaxprune import train
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def steps(state, params, groups, num_steps):
-        step = train.over_runs(
-            lambda net, o, m, dv, p, group: train._step_run(net, o, m, dv, p, group, static),
-            static)
-
-        def body(_, carry):
-            return step(*carry[:2], state.mask, carry[2], params, groups)
-
-        net, opt_state, diverged = jax.lax.fori_loop(
-            0, num_steps, body, (state.net, state.opt_state, state.diverged))
-        return state._replace(net=net, opt_state=opt_state, diverged=diverged,
-                              step=state.step + num_steps)
-
-    return steps
-
-
 def _memory_child(spec: str) -> None:
     """Runs in a subprocess: compiles, then allocates and steps one case; prints JSON.
 
@@ -502,7 +482,7 @@ def _memory_child(spec: str) -> None:
     init = train.init_state.lower(params, groups_abs, static=static).compile()
     two = jnp.int32(2)
     adv = train.advance.lower(state_abs, params, groups_abs, two, static=static).compile()
-    steps = _steps_only(static).lower(state_abs, params, groups_abs, two).compile()
+    steps = train.train_steps.lower(state_abs, params, groups_abs, two, static=static).compile()
     evaluate = train.evaluate.lower(state_abs, params, groups_abs, static=static).compile()
     kib = 1024
     baseline = _status_kib("VmRSS") * kib
@@ -781,12 +761,14 @@ def format_markdown(result: dict) -> str:
         f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
         f"{result['settings']['torch_threads']} (OMP_WAIT_POLICY="
         f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
-        "(the forward and gradient products with the noise patches, padded sizes).",
+        "(the forward and gradient products with the noise patches, padded sizes). Rows of "
+        "the kernel formulation (column \"step\") do fewer FLOPs: their GFLOP/s is this "
+        "formula's work per second (equivalent throughput) and can exceed the peak.",
         "",
-        "| sizes (d, n, m) | layout | R | S x G | advance run-steps/s | GFLOP/s | % of peak "
+        "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
         "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
         "| compile s | eval s | others' CPU |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
@@ -796,7 +778,8 @@ def format_markdown(result: dict) -> str:
         ratio = lambda v: f"{adv['run_steps_per_s'] / v['run_steps_per_s']:.2f}" if v else "n/a"  # noqa: E731
         lines.append(
             f"| {c['size']} ({c['d']}, {c['n']}, {c['width']}) | {c['layout']} | {c['runs']} "
-            f"| {r['S']} x {r['G']} | {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
+            f"| {r['S']} x {r['G']} | {r.get('formulation', 'direct')} "
+            f"| {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
             f"| {100 * adv['gflops'] / peak:.0f} % | {cell(loop)} | {cell(tor)} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {_cores_text(r.get('other_cores'))} |")

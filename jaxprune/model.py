@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from jaxprune.spec import Static
 
-__all__ = ["Network", "Context", "activation", "output_from_projections", "output",
-           "example_loss", "CLASS_SIGN"]
+__all__ = ["Network", "Context", "activation", "preactivations", "output_from_preactivations",
+           "output_from_projections", "output", "example_loss", "CLASS_SIGN"]
 
 #: ``j`` for class index 0 and 1.
 CLASS_SIGN = (1.0, -1.0)
@@ -54,6 +54,28 @@ def activation(z: jax.Array, q: float) -> jax.Array:
     return relu**q
 
 
+def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Context,
+                               static: Static) -> jax.Array:
+    """``f(x) = a * sum_{j,r} j * pool(sigma(h_signal[j,r]), sigma(h_noise[j,r]))`` of one
+    example from its pre-activations on the two patches, each ``(2, m)``."""
+    q = static.activation_power
+    pooled = activation(h_signal, q) + activation(h_noise, q)
+    if static.patch_pool == "mean":
+        pooled = 0.5 * pooled
+    logits = pooled @ ctx.filter_weight
+    return logits[0] - logits[1]
+
+
+def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
+                   clean: jax.Array, ctx: Context) -> tuple[jax.Array, jax.Array]:
+    """``(y~ |mu| <W[j,r], u> + b, sigma_p <W[j,r], z> + b)`` from the two projections."""
+    h_signal = clean * ctx.signal_norm * signal_proj
+    h_noise = ctx.noise_std * noise_proj
+    if b is not None:
+        h_signal, h_noise = h_signal + b, h_noise + b
+    return h_signal, h_noise
+
+
 def output_from_projections(signal_proj: jax.Array, noise_proj: jax.Array,
                             b: jax.Array | None, clean: jax.Array, ctx: Context,
                             static: Static) -> jax.Array:
@@ -65,16 +87,8 @@ def output_from_projections(signal_proj: jax.Array, noise_proj: jax.Array,
       b: the bias ``(2, m)``, or None.
       clean: the example's clean label ``y~``.
     """
-    h_signal = clean * ctx.signal_norm * signal_proj
-    h_noise = ctx.noise_std * noise_proj
-    if b is not None:
-        h_signal, h_noise = h_signal + b, h_noise + b
-    q = static.activation_power
-    pooled = activation(h_signal, q) + activation(h_noise, q)
-    if static.patch_pool == "mean":
-        pooled = 0.5 * pooled
-    logits = pooled @ ctx.filter_weight
-    return logits[0] - logits[1]
+    h_signal, h_noise = preactivations(signal_proj, noise_proj, b, clean, ctx)
+    return output_from_preactivations(h_signal, h_noise, ctx, static)
 
 
 def output(net: Network, ctx: Context, signal_proj: jax.Array, clean: jax.Array,

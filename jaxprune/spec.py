@@ -33,7 +33,8 @@ class Static:
 
     ``d``, ``n``, ``n_test`` and ``width`` are the padded sizes; ``groups`` (S) and
     ``group_size`` (G) lay the R = S * G runs of a chunk out as S data groups (one seed each)
-    of G runs that share their training and test sets.
+    of G runs that share their training and test sets. ``formulation`` picks how plain GD is
+    computed ("auto", "direct" or "kernel"; the numbers agree to rounding).
     """
 
     d: int
@@ -56,10 +57,23 @@ class Static:
     dtype: str
     groups: int = 1
     group_size: int = 1
+    formulation: str = "auto"
 
     @property
     def runs(self) -> int:
         return self.groups * self.group_size
+
+    @property
+    def kernel_step(self) -> bool:
+        """Whether plain GD runs in the kernel formulation (``train``): where ``n^2 <= 2 d``
+        (its per-filter Gram matrices are at most twice the weights, and a step reads n^2
+        numbers per filter instead of multiplying by d columns) and segments between
+        evaluations are long enough (``eval_every >= n``) to repay building them.
+        ``formulation`` = "direct" or "kernel" forces a choice."""
+        if self.optimizer != "gd" or self.formulation == "direct":
+            return False
+        return self.formulation == "kernel" or (
+            self.n * self.n <= 2 * self.d and self.eval_every >= self.n)
 
     @property
     def float_dtype(self):

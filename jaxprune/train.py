@@ -1,12 +1,16 @@
 """Batched training: the state of R runs and the jitted multi-step gradient descent.
 
-The per-run functions below see one network; ``over_runs`` vmaps them outward once. A chunk's
-R = S * G runs are laid out as S data groups (one seed each) of G runs: inside a group the
-runs share their training set, so the G networks' products with the data become one large
-matrix product instead of G small ones.
+A chunk's R = S * G runs are laid out as S data groups (one seed each) of G runs: inside a
+group the runs share their training set, so the G networks' products with the data become one
+large matrix product instead of G small ones.
 
     L(W) = sum_i w_i softplus(-y_i f(x_i)),   w_i = 1/n for the run's n examples, 0 for padding
     W <- W - eta * (M * grad L(W))              (plain GD; optax momentum / adam likewise)
+
+The loss depends on W only through two linear maps (``loss_factors``): autodiff covers the
+elementwise head, the products with the data are written out. Per-run functions (``gradient``,
+metrics, optax steps) see one network and ``over_runs`` vmaps them; plain GD is written for the
+whole chunk in its matrix-product layout, directly or, where d >> n, in the kernel formulation.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import optax
 
 from jaxprune import masks
 from jaxprune.data import GroupData, Samples, group_data, observed_labels
 from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output,
-                            output_from_projections)
+                            output_from_preactivations, preactivations)
 from jaxprune.spec import RunParams, Static
 
-__all__ = ["TrainState", "Metrics", "MaskStats", "make_groups", "init_state", "advance",
-           "evaluate", "mask_stats", "optimizer", "gradient", "context", "initial_network"]
+__all__ = ["TrainState", "Metrics", "MaskStats", "Factors", "make_groups", "init_state",
+           "train_steps", "advance", "evaluate", "mask_stats", "optimizer", "loss_factors",
+           "gradient", "context", "initial_network"]
 
 
 class TrainState(NamedTuple):
@@ -129,31 +135,45 @@ def _init_run(p: RunParams, g: GroupData, static: Static):
     return net, (opt.init(net) if opt else ()), mask
 
 
-def _loss_factors(net: Network, p: RunParams, g: GroupData, static: Static):
-    """The loss and its derivatives in the network's two linear maps.
+class Factors(NamedTuple):
+    """The loss of one run and its derivatives in the network's linear maps.
 
-    With ``P = W Z^T`` (every filter's projection on every example's standardized noise) and
-    ``c = <W, u>``, the loss is a function of ``(c, P, b)``: autodiff gives ``dL/dc``,
-    ``dL/dP`` and ``dL/db``, and ``grad_W L = (dL/dP) Z + (dL/dc) u^T`` (see ``gradient``).
-    Written this way, the runs of a group share one product with their data forward and one
-    backward.
+    The loss depends on ``W`` only through ``c = <W, u>`` and ``P = W Z^T``, so
+    ``grad_W L = (dL/dP) Z + (dL/dc) u^T`` (see ``gradient``).
+    """
 
-    Returns:
-      ``(loss, dL/dc, dL/dP, dL/db)``; ``dL/dP`` is ``(2, m, n)``, ``dL/db`` None without bias.
+    loss: jax.Array  # L, a scalar
+    noise: jax.Array  # dL/dP, (2, m, n)
+    signal: jax.Array  # dL/dc, (2, m)
+    bias: jax.Array | None  # dL/db, (2, m)
+
+
+def loss_factors(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
+                 p: RunParams, samples: Samples, static: Static) -> Factors:
+    """``Factors`` of one run from its projections ``c`` ``(2, m)`` and ``P`` ``(2, m, n)``.
+
+    Autodiff covers only the elementwise head (activation, pooling, loss) in the
+    pre-activations ``h_s = y~ |mu| c + b`` and ``h_n = sigma_p P + b``; the sums over examples
+    of the chain rule are written as matrix-vector products (a reduction over the example
+    axis is a slow path of XLA:CPU).
     """
     ctx = context(p, static)
-    labels = observed_labels(g.train, p.label_flip)
+    labels = observed_labels(samples, p.label_flip)
     weights = sample_weights(p.n, static.n, static.float_dtype)
+    b_col = None if b is None else b[..., None]
+    h_signal, h_noise = preactivations(signal_proj[..., None], noise_proj, b_col,
+                                       samples.clean, ctx)
 
-    def loss_of(signal_proj, noise_proj, b):
-        f = jax.vmap(lambda c, h: output_from_projections(signal_proj, h, b, c, ctx, static),
-                     in_axes=(0, 2))(g.train.clean, noise_proj)
+    def loss_of(h_signal, h_noise):
+        f = jax.vmap(lambda hs, hn: output_from_preactivations(hs, hn, ctx, static),
+                     in_axes=2)(h_signal, h_noise)
         return jnp.sum(weights * example_loss(labels * f))
 
-    noise_proj = jnp.einsum("jmd,nd->jmn", net.w, g.train.noise)
-    loss, grads = jax.value_and_grad(loss_of, argnums=(0, 1, 2))(
-        signal_projection(net.w, static), noise_proj, net.b)
-    return (loss, *grads)
+    loss, (d_signal, d_noise) = jax.value_and_grad(loss_of, argnums=(0, 1))(h_signal, h_noise)
+    ones = jnp.ones(static.n, d_signal.dtype)
+    d_b = None if b is None else (d_signal + d_noise) @ ones
+    return Factors(loss, ctx.noise_std * d_noise, ctx.signal_norm * (d_signal @ samples.clean),
+                   d_b)
 
 
 def _support_gradient(d_signal: jax.Array, static: Static) -> jax.Array:
@@ -163,33 +183,19 @@ def _support_gradient(d_signal: jax.Array, static: Static) -> jax.Array:
 
 def gradient(net: Network, p: RunParams, g: GroupData, static: Static):
     """``(L(W), grad L(W))`` of one run, before masking."""
-    loss, d_signal, d_noise, d_b = _loss_factors(net, p, g, static)
-    s = static.signal_support
-    grad_w = jnp.einsum("jmn,nd->jmd", d_noise, g.train.noise)
-    return loss, Network(grad_w.at[..., :s].add(_support_gradient(d_signal, static)), d_b)
+    noise_proj = jnp.einsum("jmd,nd->jmn", net.w, g.train.noise)
+    f = loss_factors(signal_projection(net.w, static), noise_proj, net.b, p, g.train, static)
+    on_support = jnp.arange(static.d) < static.signal_support
+    grad_w = (jnp.einsum("jmn,nd->jmd", f.noise, g.train.noise)
+              + jnp.where(on_support, _support_gradient(f.signal, static), 0.0))
+    return f.loss, Network(grad_w, f.bias)
 
 
-def _step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData, static: Static):
-    """One step of one run; a run whose loss is not finite is frozen and marked diverged.
-
-    For GD the learning rate is folded into the small ``(2, m, n)`` factor ``dL/dP`` before
-    the product with the data, making ``W <- M * (W - (eta dL/dP) Z - ...)`` one pass over W.
-    """
-    opt = optimizer(static, 0.0)  # momentum / adam read the learning rate from opt_state
-    if opt is None:
-        loss, d_signal, d_noise, d_b = _loss_factors(net, p, g, static)
-        moving = jnp.isfinite(loss) & ~diverged
-        eta = p.learning_rate
-        # A frozen run's factors are exact zeros (a select, so that NaN cannot leak through).
-        step_noise = jnp.where(moving, eta * d_noise, 0.0)
-        step_support = jnp.where(moving, eta * _support_gradient(d_signal, static), 0.0)
-        on_support = jnp.arange(static.d) < static.signal_support
-        # One fusion: W is read and written once per step besides the product above.
-        w = jnp.where(mask, net.w - jnp.einsum("jmn,nd->jmd", step_noise, g.train.noise)
-                      - jnp.where(on_support, step_support, 0.0), 0.0)
-        b = None if net.b is None else net.b - jnp.where(moving, eta * d_b, 0.0)
-        return Network(w, b), opt_state, diverged | ~jnp.isfinite(loss)
-
+def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
+                    static: Static):
+    """One momentum or adam step of one run; a run whose loss is not finite is frozen and
+    marked diverged."""
+    opt = optimizer(static, 0.0)  # the learning rate is read from opt_state
     loss, grads = gradient(net, p, g, static)
     grads = grads._replace(w=jnp.where(mask, grads.w, 0.0))
     updates, new_opt_state = opt.update(grads, opt_state, net)
@@ -200,6 +206,191 @@ def _step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData, static
         return jax.tree.map(lambda a, b: jnp.where(moving, a, b), new, old)
 
     return keep(new_net, net), keep(new_opt_state, opt_state), diverged | ~jnp.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain GD on a whole chunk, in the layout of its matrix products.
+#
+# The weights of a group's G runs are one (F x d) matrix, F = G*2m, so the forward product of a
+# group is one GEMM with its noise Z (n x d). GD is written for the chunk as a whole:
+#     P = W Z^T,  c = <W, u>                                  (per group: one GEMM)
+#     W <- M * (W - Dn Z - ds 1_S^T),   Dn = eta dL/dP,  ds = eta dL/dc / sqrt(s)
+# with the learning rate folded into the small (F x n) factor Dn.
+#
+# "direct": the gradient product and the update run block by block (about 1 MiB of W each), so
+# no W-sized temporary exists.
+#
+# "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
+# sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
+#     <W_f(t), z_i> = P0[f,i] - (K_f A_f)_i - B_f v_f[i],     v_f = Z diag(M_f) 1_S,
+#     <W_f(t), 1_S> = c0_f - <A_f, v_f> - B_f |M_f 1_S|.
+# A step reads 2 n^2 numbers per filter instead of multiplying by d columns twice; K costs about
+# n / 2 direct steps per segment (one GEMM per group), and W is rebuilt once at the end.
+
+#: Bytes of W that one block of the GD update covers (about an L2 cache).
+BLOCK_BYTES = 1 << 20
+
+
+class _GDCarry(NamedTuple):
+    w: jax.Array  # (S, F, d); in the kernel formulation, A (S, F, n)
+    support: jax.Array | None  # B (S, F, 1), kernel formulation only
+    b: jax.Array | None  # (S, G, 2, m)
+    diverged: jax.Array  # (S, G)
+
+
+class _Kernel(NamedTuple):
+    """What the kernel formulation reads every step (fixed over a segment)."""
+
+    gram: jax.Array  # (S, F, n, n): K_f = Z diag(M_f) Z^T
+    support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
+    support_count: jax.Array  # (S, F): |M_f 1_S|
+    noise_proj: jax.Array  # (S, F, n): P0 = W(0) Z^T
+    support_sum: jax.Array  # (S, F): c0 = <W(0), 1_S>
+
+
+def _largest_divisor(total: int, at_most: int) -> int:
+    return max(k for k in range(1, max(1, min(total, at_most)) + 1) if total % k == 0)
+
+
+def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int):
+    """``where(M, W - step_noise @ Z - [k < s] step_support, 0)``, in blocks, in place.
+
+    Blocks are whole runs of the one group when S = 1, whole groups otherwise.
+    """
+    S, G, m, d = static.groups, static.group_size, static.width, static.d
+    run_bytes = 2 * m * d * w.dtype.itemsize
+    if S == 1:
+        runs = _largest_divisor(G, block_bytes // run_bytes)
+        size, axis, count = runs * 2 * m, 1, G // runs
+    else:
+        groups = _largest_divisor(S, block_bytes // (G * run_bytes))
+        size, axis, count = groups, 0, S // groups
+    on_support = jnp.arange(d) < static.signal_support
+
+    def block(i, w):
+        start = i * size
+        cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis)  # noqa: E731
+        zb = z if axis == 1 else cut(z)
+        new = jnp.where(cut(mask), cut(w) - jnp.einsum("san,snd->sad", cut(step_noise), zb)
+                        - jnp.where(on_support, cut(step_support), 0.0), 0.0)
+        return jax.lax.dynamic_update_slice_in_dim(w, new, start, axis)
+
+    return jax.lax.fori_loop(0, count, block, w)
+
+
+def _support_sum(w: jax.Array, static: Static) -> jax.Array:
+    """``<W_f, 1_S>`` of every filter: ``(..., F)``."""
+    return jnp.sum(w[..., :static.signal_support], axis=-1)
+
+
+def _gd_factors(noise_proj, support_sum, carry: _GDCarry, params: RunParams, train: Samples,
+                static: Static):
+    """``(Dn (S, F, n), ds (S, F, 1), new bias, new diverged)`` of one GD step from the
+    projections ``W Z^T`` ``(S, F, n)`` and ``<W, 1_S>`` ``(S, F)``; a run whose loss is not
+    finite gets zero factors (it is frozen)."""
+    S, G, m, n = static.groups, static.group_size, static.width, static.n
+    root_s = jnp.sqrt(jnp.asarray(static.signal_support, noise_proj.dtype))
+    per_run = lambda c, h, b, p, t: loss_factors(c, h, b, p, t, static)  # noqa: E731
+    f = jax.vmap(jax.vmap(per_run, in_axes=(0, 0, 0, 0, None)))(
+        (support_sum / root_s).reshape(S, G, 2, m), noise_proj.reshape(S, G, 2, m, n),
+        carry.b, params, train)
+    finite = jnp.isfinite(f.loss)
+    moving = finite & ~carry.diverged
+
+    def scaled(x):
+        # A frozen run's factors are exact zeros (a select, so that NaN cannot leak through).
+        ok = moving.reshape(moving.shape + (1,) * (x.ndim - 2))
+        return jnp.where(ok, params.learning_rate.reshape(ok.shape) * x, 0.0)
+
+    step_noise = scaled(f.noise).reshape(S, G * 2 * m, n)
+    step_support = (scaled(f.signal) / root_s).reshape(S, G * 2 * m, 1)
+    b = None if carry.b is None else carry.b - scaled(f.bias)
+    return step_noise, step_support, b, carry.diverged | ~finite
+
+
+def _direct_step(carry: _GDCarry, mask, params, train: Samples, static: Static,
+                 block_bytes: int) -> _GDCarry:
+    w = carry.w
+    noise_proj = jnp.einsum("sfd,snd->sfn", w, train.noise)
+    step_noise, step_support, b, diverged = _gd_factors(
+        noise_proj, _support_sum(w, static), carry, params, train, static)
+    w = _blocked_update(w, step_noise, step_support, mask, train.noise, static, block_bytes)
+    return _GDCarry(w, None, b, diverged)
+
+
+def _kernel_constants(w, mask, z, static: Static) -> _Kernel:
+    """Gram matrices (one GEMM per group: ``M (F x d) @ ZZ (d x n^2)``, ``ZZ[k] = z_k z_k^T``)
+    and the segment's starting projections."""
+    n, s = static.n, static.signal_support
+    keep = mask.astype(w.dtype)
+
+    def gram(group):
+        z, keep = group
+        outer = (z[:, None, :] * z[None, :, :]).reshape(n * n, -1)
+        return jnp.einsum("fd,kd->fk", keep, outer).reshape(-1, n, n)
+
+    return _Kernel(jax.lax.map(gram, (z, keep)),
+                   jnp.einsum("sfd,snd->sfn", keep[..., :s], z[..., :s]),
+                   _support_sum(keep, static),
+                   jnp.einsum("sfd,snd->sfn", w, z), _support_sum(w, static))
+
+
+def _kernel_step(carry: _GDCarry, kernel: _Kernel, params, train: Samples,
+                 static: Static) -> _GDCarry:
+    a, support = carry.w, carry.support
+    n = static.n
+    # K_f A_f of all S*F filters as one batched matrix-vector product (as a multiply-and-reduce,
+    # or with a leading axis of 1, XLA:CPU is 10-50x slower).
+    gram_a = jnp.einsum("fij,fj->fi", kernel.gram.reshape(-1, n, n),
+                        a.reshape(-1, n)).reshape(a.shape)
+    noise_proj = kernel.noise_proj - gram_a - support * kernel.support_noise
+    support_sum = (kernel.support_sum - jnp.sum(a * kernel.support_noise, axis=-1)
+                   - support[..., 0] * kernel.support_count)
+    step_noise, step_support, b, diverged = _gd_factors(
+        noise_proj, support_sum, carry, params, train, static)
+    return _GDCarry(a + step_noise, support + step_support, b, diverged)
+
+
+def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
+             static: Static, block_bytes: int = BLOCK_BYTES) -> TrainState:
+    S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
+    gemm = lambda a: a.reshape((S, G * 2 * m, d))  # noqa: E731  (free: a row-major reshape)
+    by_group = lambda a: a.reshape((S, G) + a.shape[1:])  # noqa: E731
+    w, mask, z = gemm(state.net.w), gemm(state.mask), groups.train.noise
+    params = jax.tree.map(by_group, params)
+    b = None if state.net.b is None else by_group(state.net.b)
+    start = _GDCarry(w, None, b, by_group(state.diverged))
+    if static.kernel_step:
+        kernel = _kernel_constants(w, mask, z, static)
+        start = start._replace(w=jnp.zeros((S, G * 2 * m, n), w.dtype),
+                               support=jnp.zeros((S, G * 2 * m, 1), w.dtype))
+        carry = jax.lax.fori_loop(
+            0, num_steps, lambda _, c: _kernel_step(c, kernel, params, groups.train, static),
+            start)
+        w = _blocked_update(w, carry.w, carry.support, mask, z, static, block_bytes)
+    else:
+        carry = jax.lax.fori_loop(
+            0, num_steps,
+            lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes), start)
+        w = carry.w
+    b = None if carry.b is None else carry.b.reshape(state.net.b.shape)
+    return state._replace(net=Network(w.reshape(state.net.w.shape), b),
+                          diverged=carry.diverged.reshape(-1))
+
+
+def _optax_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
+                static: Static) -> TrainState:
+    step = over_runs(
+        lambda net, o, m, dv, p, group: _optax_step_run(net, o, m, dv, p, group, static),
+        static)
+
+    # Only what changes is carried; the mask and data are loop constants.
+    def body(_, carry):
+        return step(*carry[:2], state.mask, carry[2], params, groups)
+
+    net, opt_state, diverged = jax.lax.fori_loop(
+        0, num_steps, body, (state.net, state.opt_state, state.diverged))
+    return state._replace(net=net, opt_state=opt_state, diverged=diverged)
 
 
 def _metrics_run(net: Network, mask, p: RunParams, g: GroupData, static: Static):
@@ -290,22 +481,37 @@ def mask_stats(state: TrainState, params: RunParams, static: Static) -> MaskStat
     return jax.vmap(lambda m, p: _mask_stats_run(m, p, static))(state.mask, params)
 
 
-@functools.partial(jax.jit, static_argnames="static", donate_argnums=0)
+def _compiler_options() -> dict[str, str]:
+    """XLA options of the step programs: XLA:CPU without its YNNPACK fusions.
+
+    XLA's own loop emitters and dots run this step 1.0-2.8x faster than YNNPACK's fusions on
+    the 2-core CPU of ``benchmarks/RESULTS.md`` (section 9). The option is a ``DebugOptions``
+    field from jaxlib 0.9 on, which other backends ignore; older jaxlibs would refuse it.
+    """
+    version = tuple(int(part) for part in jaxlib.__version__.split(".")[:2])
+    return {"xla_cpu_experimental_ynn_fusion_type": ""} if version >= (0, 9) else {}
+
+
+def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps,
+                 static: Static) -> TrainState:
+    loop = _gd_loop if static.optimizer == "gd" else _optax_loop
+    state = loop(state, params, groups, num_steps, static)
+    return state._replace(step=state.step + num_steps)
+
+
+@functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
+                   compiler_options=_compiler_options())
+def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
+                static: Static) -> TrainState:
+    """``num_steps`` training steps of every run (one ``fori_loop``; ``num_steps`` is traced,
+    so segments of any length share one program)."""
+    return _train_steps(state, params, groups, num_steps, static)
+
+
+@functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
+                   compiler_options=_compiler_options())
 def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
             static: Static) -> tuple[TrainState, Metrics]:
-    """``num_steps`` GD steps of every run (one ``fori_loop``), then the metrics.
-
-    ``num_steps`` is traced, so segments of any length share one program.
-    """
-    step = over_runs(lambda net, o, m, dv, p, group: _step_run(net, o, m, dv, p, group, static),
-                     static)
-
-    # Only what changes is carried; the mask and data are loop constants.
-    def body(_, carry):
-        return step(*carry[:2], state.mask, carry[2], params, groups)
-
-    net, opt_state, diverged = jax.lax.fori_loop(
-        0, num_steps, body, (state.net, state.opt_state, state.diverged))
-    state = state._replace(net=net, opt_state=opt_state, diverged=diverged,
-                           step=state.step + num_steps)
+    """``train_steps``, then every run's metrics."""
+    state = _train_steps(state, params, groups, num_steps, static)
     return state, evaluate(state, params, groups, static)

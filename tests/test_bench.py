@@ -1,15 +1,13 @@
 """``jaxprune bench``: the harness runs, counts FLOPs by the formula, and every implementation it
 times computes the same step as ``train.advance`` (speed itself is never asserted here)."""
 
-import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune import bench, cli, train
+from jaxprune import bench, cli
 
 TINY = dict(size="tiny", d=40, n=8, width=4, n_test=16)
 
@@ -83,21 +81,6 @@ def test_torch_step_matches_advance(layout, options):
                                rtol=1e-9)
     # Pruned weights stay exactly zero.
     assert np.all(impl.weights()[~np.asarray(state0.mask)] == 0.0)
-
-
-@pytest.mark.parametrize("layout", ["shared", "seeds"])
-def test_prototype_steps_match_advance(layout):
-    """The faster formulations in benchmarks/prototypes.py (candidates for train.py) give
-    advance's weights, with the blocked ones split into 3 blocks."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "prototypes.py"
-    spec = importlib.util.spec_from_file_location("jaxprune_prototypes", path)
-    prototypes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prototypes)
-    prototypes.check("float64", steps=6, layouts=(layout,),
-                     options=[{"signal_support": 2, "output_scale": "sum"}])
 
 
 def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):

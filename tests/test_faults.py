@@ -22,6 +22,7 @@ from jaxprune import results as res
 from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, saved_steps
 from jaxprune.engine import OutputError, SweepMismatch, checkpoint_dir, chunk_file
 from jaxprune.lock import DirectoryLock, LockedError
+from jaxprune.spec import Static
 
 TRAIN = {"steps": 40, "eval_every": 5, "checkpoint_every": 10}
 SWEEP = tiny_sweep(train=TRAIN)  # 4 runs: 2 fractions x 2 seeds
@@ -355,15 +356,20 @@ def test_lock_file_without_a_holder(tmp_path):
 # Divergence.
 
 
-def test_diverging_runs_are_frozen_and_flagged_alone(tmp_path):
+@pytest.mark.parametrize("eval_every, kernel", [(5, False), (10, True)])
+def test_diverging_runs_are_frozen_and_flagged_alone(tmp_path, eval_every, kernel):
     """The runs with a huge learning rate overflow; their batch mates are untouched: equal, bit
-    for bit, to the same runs in a batch of the same layout where nothing diverges."""
-    wild = tiny_sweep(train=dict(TRAIN, learning_rate=[0.05, 1e30]))
-    tame = tiny_sweep(train=dict(TRAIN, learning_rate=[0.05, 0.1]))
+    for bit, to the same runs in a batch of the same layout where nothing diverges. (With
+    n = 8 <= eval_every, plain GD runs in the kernel formulation.)"""
+    train = dict(TRAIN, eval_every=eval_every)
+    wild = tiny_sweep(train=dict(train, learning_rate=[0.05, 1e30]))
+    tame = tiny_sweep(train=dict(train, learning_rate=[0.05, 0.1]))
     logs = run(tmp_path / "wild", wild, chunk_runs=None)
     run(tmp_path / "tame", tame, chunk_runs=None)
-    assert json.loads((tmp_path / "wild" / "plan.json").read_text())["chunks"][0]["runs"] == \
+    plan = json.loads((tmp_path / "wild" / "plan.json").read_text())
+    assert plan["chunks"][0]["runs"] == \
         json.loads((tmp_path / "tame" / "plan.json").read_text())["chunks"][0]["runs"]
+    assert Static(**plan["chunks"][0]["static"]).kernel_step == kernel
     assert "warning: chunk 0: 4 run(s) diverged (non-finite loss); they were frozen and are " \
            "marked diverged in results.csv" in logs
 

@@ -1,6 +1,7 @@
 """The batched engine against the literal float64 reference, one run at a time."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,12 @@ OPTION_SETS = {
         data={"d": 40, "n": 8, "n_test": 32, "label_flip": 0.2, "signal_norm": 2.0},
         model={"width": 4}, prune={"fraction": [0.25, 0.7], "mask": "exact"},
         train={"optimizer": "momentum", "learning_rate": 0.1, "steps": STEPS}),
+    # Plain GD with Kou et al.'s ReLU network with bias.
+    "kou-gd-bias": dict(
+        preset="kou2023",
+        data={"d": 40, "n": 8, "n_test": 32, "label_flip": 0.2, "signal_norm": 2.0},
+        model={"width": 4}, prune={"fraction": [0.25, 0.7]},
+        train={"optimizer": "gd", "learning_rate": 0.1, "steps": STEPS}),
     # Adam, a fractional power, orthogonal noise, a 3-sparse signal, swept scalars.
     "adam-orthogonal": dict(
         data={"d": 36, "n": 8, "n_test": 24, "noise_orthogonal": True, "signal_support": 3,
@@ -51,12 +58,12 @@ def build(raw_sections, max_buckets=1):
     return sweep, table, chunk
 
 
-def run_batched(table, chunk, steps=STEPS):
+def run_batched(table, chunk, steps=STEPS, formulation="auto"):
     """Runs a chunk for ``steps`` steps; returns run ids in layout order, state, metrics."""
     assert not (chunk.runs == PAD).any()
     ids = chunk.runs.reshape(-1)
     cols = {k: v[ids] for k, v in table.columns.items()}
-    static = chunk.static
+    static = dataclasses.replace(chunk.static, formulation=formulation)
     params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
     seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
     groups = train.make_groups(seeds, static)
@@ -65,10 +72,16 @@ def run_batched(table, chunk, steps=STEPS):
     return ids, jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("name", OPTION_SETS)
-def test_batched_runs_equal_reference_runs(name):
+GD_SETS = ("padded-defaults", "kou-gd-bias")
+#: Every option set; plain GD in both of its formulations (``Static.kernel_step``).
+CASES = [(name, "auto") for name in OPTION_SETS if name not in GD_SETS] + [
+    (name, formulation) for name in GD_SETS for formulation in ("direct", "kernel")]
+
+
+@pytest.mark.parametrize("name, formulation", CASES)
+def test_batched_runs_equal_reference_runs(name, formulation):
     _, table, chunk = build(OPTION_SETS[name])
-    ids, state, metrics = run_batched(table, chunk)
+    ids, state, metrics = run_batched(table, chunk, formulation=formulation)
     assert len(ids) >= 4
     # Check a sample of the batch against the (slow) reference.
     picked = np.random.default_rng(0).choice(len(ids), min(len(ids), 5), replace=False)
@@ -174,20 +187,44 @@ def test_new_swept_values_do_not_recompile():
     assert train.advance._cache_size() == compiled
 
 
-def test_a_run_does_not_depend_on_its_batch_or_layout():
+@pytest.mark.parametrize("formulation", ["direct", "kernel"])
+def test_a_run_does_not_depend_on_its_batch_or_layout(formulation):
     sweep_sections = OPTION_SETS["padded-defaults"]
     _, table, chunk = build(sweep_sections)
-    ids, state, metrics = run_batched(table, chunk)
+    ids, state, metrics = run_batched(table, chunk, formulation=formulation)
     # The same runs, one per chunk (G = S = 1) or in a different layout.
     for max_runs in (1, 3):
         for small in plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1):
             real = small.runs.reshape(-1)
             if (real == PAD).any():
                 continue
-            sub_ids, sub_state, sub_metrics = run_batched(table, small)
+            sub_ids, sub_state, sub_metrics = run_batched(table, small,
+                                                          formulation=formulation)
             for pos, run_id in enumerate(sub_ids):
                 full = int(np.flatnonzero(ids == run_id)[0])
                 np.testing.assert_allclose(sub_state.net.w[pos], state.net.w[full],
                                            rtol=1e-12, atol=1e-15)
                 np.testing.assert_allclose(sub_metrics.test_loss[pos],
                                            metrics.test_loss[full], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", GD_SETS)
+@pytest.mark.parametrize("max_runs", [None, 3])
+@pytest.mark.parametrize("formulation", ["direct", "kernel"])
+def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
+    """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise); blocks
+    smaller than a run's weights still give ``advance``'s numbers."""
+    _, table, _ = build(OPTION_SETS[name])
+    chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
+    ids, state, _ = run_batched(table, chunk, formulation=formulation)
+    static = dataclasses.replace(chunk.static, formulation=formulation)
+    cols = {k: v[ids] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=1),
+                      static_argnames="static")
+    state0 = train.init_state(params, groups, static)
+    small = blocked(state0, params, groups, jnp.int32(STEPS), static=static)
+    np.testing.assert_allclose(small.net.w, state.net.w, rtol=1e-12, atol=1e-15)
+    if state.net.b is not None:
+        np.testing.assert_allclose(small.net.b, state.net.b, rtol=1e-12, atol=1e-15)
