@@ -318,20 +318,25 @@ def _direct_step(carry: _GDCarry, mask, params, train: Samples, static: Static,
     return _GDCarry(w, None, b, diverged)
 
 
-def _kernel_constants(w, mask, z, static: Static) -> _Kernel:
-    """Gram matrices (one GEMM per group: ``M (F x d) @ ZZ (d x n^2)``, ``ZZ[k] = z_k z_k^T``)
-    and the segment's starting projections."""
-    n, s = static.n, static.signal_support
-    keep = mask.astype(w.dtype)
+def _kernel_constants(w, mask, z, static: Static, block_bytes: int) -> _Kernel:
+    """Gram matrices (per group, ``M (F x d) @ ZZ (d x n^2)`` with ``ZZ[k] = z_k z_k^T``, in
+    blocks of filters so that no float copy of the whole mask exists) and the segment's
+    starting projections."""
+    n, d, s = static.n, static.d, static.signal_support
+    F = mask.shape[1]
+    rows = _largest_divisor(F, block_bytes // (d * w.dtype.itemsize))
 
     def gram(group):
-        z, keep = group
-        outer = (z[:, None, :] * z[None, :, :]).reshape(n * n, -1)
-        return jnp.einsum("fd,kd->fk", keep, outer).reshape(-1, n, n)
+        z, mask = group
+        outer = (z[:, None, :] * z[None, :, :]).reshape(n * n, d)
+        blocks = jax.lax.map(lambda m: jnp.einsum("fd,kd->fk", m.astype(z.dtype), outer),
+                             mask.reshape(F // rows, rows, d))
+        return blocks.reshape(F, n, n)
 
-    return _Kernel(jax.lax.map(gram, (z, keep)),
-                   jnp.einsum("sfd,snd->sfn", keep[..., :s], z[..., :s]),
-                   _support_sum(keep, static),
+    keep = mask[..., :s].astype(w.dtype)
+    return _Kernel(jax.lax.map(gram, (z, mask)),
+                   jnp.einsum("sfd,snd->sfn", keep, z[..., :s]),
+                   jnp.sum(keep, axis=-1),
                    jnp.einsum("sfd,snd->sfn", w, z), _support_sum(w, static))
 
 
@@ -361,7 +366,7 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     b = None if state.net.b is None else by_group(state.net.b)
     start = _GDCarry(w, None, b, by_group(state.diverged))
     if static.kernel_step:
-        kernel = _kernel_constants(w, mask, z, static)
+        kernel = _kernel_constants(w, mask, z, static, block_bytes)
         start = start._replace(w=jnp.zeros((S, G * 2 * m, n), w.dtype),
                                support=jnp.zeros((S, G * 2 * m, 1), w.dtype))
         carry = jax.lax.fori_loop(
