@@ -231,9 +231,15 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 BLOCK_BYTES = 1 << 20
 
 
-class _GDCarry(NamedTuple):
-    w: jax.Array  # (S, F, d); in the kernel formulation, A (S, F, n)
-    support: jax.Array | None  # B (S, F, 1), kernel formulation only
+class _DirectCarry(NamedTuple):
+    w: jax.Array  # (S, F, d)
+    b: jax.Array | None  # (S, G, 2, m)
+    diverged: jax.Array  # (S, G)
+
+
+class _KernelCarry(NamedTuple):
+    a: jax.Array  # (S, F, n): A, the sum of the Dn
+    support: jax.Array  # (S, F, 1): B, the sum of the ds
     b: jax.Array | None  # (S, G, 2, m)
     diverged: jax.Array  # (S, G)
 
@@ -283,7 +289,7 @@ def _support_sum(w: jax.Array, static: Static) -> jax.Array:
     return jnp.sum(w[..., :static.signal_support], axis=-1)
 
 
-def _gd_factors(noise_proj, support_sum, carry: _GDCarry, params: RunParams, train: Samples,
+def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Samples,
                 static: Static):
     """``(Dn (S, F, n), ds (S, F, 1), new bias, new diverged)`` of one GD step from the
     projections ``W Z^T`` ``(S, F, n)`` and ``<W, 1_S>`` ``(S, F)``; a run whose loss is not
@@ -308,14 +314,14 @@ def _gd_factors(noise_proj, support_sum, carry: _GDCarry, params: RunParams, tra
     return step_noise, step_support, b, carry.diverged | ~finite
 
 
-def _direct_step(carry: _GDCarry, mask, params, train: Samples, static: Static,
-                 block_bytes: int) -> _GDCarry:
+def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
+                 block_bytes: int) -> _DirectCarry:
     w = carry.w
     noise_proj = jnp.einsum("sfd,snd->sfn", w, train.noise)
     step_noise, step_support, b, diverged = _gd_factors(
         noise_proj, _support_sum(w, static), carry, params, train, static)
     w = _blocked_update(w, step_noise, step_support, mask, train.noise, static, block_bytes)
-    return _GDCarry(w, None, b, diverged)
+    return _DirectCarry(w, b, diverged)
 
 
 def _kernel_constants(w, mask, z, static: Static, block_bytes: int) -> _Kernel:
@@ -340,9 +346,9 @@ def _kernel_constants(w, mask, z, static: Static, block_bytes: int) -> _Kernel:
                    jnp.einsum("sfd,snd->sfn", w, z), _support_sum(w, static))
 
 
-def _kernel_step(carry: _GDCarry, kernel: _Kernel, params, train: Samples,
-                 static: Static) -> _GDCarry:
-    a, support = carry.w, carry.support
+def _kernel_step(carry: _KernelCarry, kernel: _Kernel, params, train: Samples,
+                 static: Static) -> _KernelCarry:
+    a, support = carry.a, carry.support
     n = static.n
     # K_f A_f of all S*F filters as one batched matrix-vector product (as a multiply-and-reduce,
     # or with a leading axis of 1, XLA:CPU is 10-50x slower).
@@ -353,7 +359,7 @@ def _kernel_step(carry: _GDCarry, kernel: _Kernel, params, train: Samples,
                    - support[..., 0] * kernel.support_count)
     step_noise, step_support, b, diverged = _gd_factors(
         noise_proj, support_sum, carry, params, train, static)
-    return _GDCarry(a + step_noise, support + step_support, b, diverged)
+    return _KernelCarry(a + step_noise, support + step_support, b, diverged)
 
 
 def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
@@ -364,19 +370,20 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     w, mask, z = gemm(state.net.w), gemm(state.mask), groups.train.noise
     params = jax.tree.map(by_group, params)
     b = None if state.net.b is None else by_group(state.net.b)
-    start = _GDCarry(w, None, b, by_group(state.diverged))
+    diverged = by_group(state.diverged)
     if static.kernel_step:
         kernel = _kernel_constants(w, mask, z, static, block_bytes)
-        start = start._replace(w=jnp.zeros((S, G * 2 * m, n), w.dtype),
-                               support=jnp.zeros((S, G * 2 * m, 1), w.dtype))
+        start = _KernelCarry(jnp.zeros((S, G * 2 * m, n), w.dtype),
+                             jnp.zeros((S, G * 2 * m, 1), w.dtype), b, diverged)
         carry = jax.lax.fori_loop(
             0, num_steps, lambda _, c: _kernel_step(c, kernel, params, groups.train, static),
             start)
-        w = _blocked_update(w, carry.w, carry.support, mask, z, static, block_bytes)
+        w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
     else:
         carry = jax.lax.fori_loop(
             0, num_steps,
-            lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes), start)
+            lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes),
+            _DirectCarry(w, b, diverged))
         w = carry.w
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)
     return state._replace(net=Network(w.reshape(state.net.w.shape), b),
@@ -489,9 +496,11 @@ def mask_stats(state: TrainState, params: RunParams, static: Static) -> MaskStat
 def _compiler_options() -> dict[str, str]:
     """XLA options of the step programs: XLA:CPU without its YNNPACK fusions.
 
-    XLA's own loop emitters and dots run this step 1.0-2.8x faster than YNNPACK's fusions on
-    the 2-core CPU of ``benchmarks/RESULTS.md`` (section 9). The option is a ``DebugOptions``
-    field from jaxlib 0.9 on, which other backends ignore; older jaxlibs would refuse it.
+    With XLA's own loop emitters and dots the direct step ran as fast (within 7 %) with one
+    seed per chunk, and up to 2.8x faster with one seed per run, than with YNNPACK's fusions
+    on the 2-core CPU of ``benchmarks/RESULTS.md``. The option is a
+    ``DebugOptions`` field from jaxlib 0.9 on, which other backends ignore; older jaxlibs
+    would refuse it.
     """
     version = tuple(int(part) for part in jaxlib.__version__.split(".")[:2])
     return {"xla_cpu_experimental_ynn_fusion_type": ""} if version >= (0, 9) else {}
