@@ -16,6 +16,7 @@ whole chunk in its matrix-product layout, directly or, where d >> n, in the kern
 from __future__ import annotations
 
 import functools
+import pkgutil
 from typing import Any, NamedTuple
 
 import jax
@@ -493,17 +494,25 @@ def mask_stats(state: TrainState, params: RunParams, static: Static) -> MaskStat
     return jax.vmap(lambda m, p: _mask_stats_run(m, p, static))(state.mask, params)
 
 
+#: Top-level modules of JAX's GPU and TPU plugins.
+ACCELERATOR_PLUGINS = ("jax_cuda", "jax_rocm", "libtpu")
+
+
 def _compiler_options() -> dict[str, str]:
     """XLA options of the step programs: XLA:CPU without its YNNPACK fusions.
 
     With XLA's own loop emitters and dots the direct step ran as fast (within 7 %) with one
     seed per chunk, and up to 2.8x faster with one seed per run, than with YNNPACK's fusions
-    on the 2-core CPU of ``benchmarks/RESULTS.md``. The option is a
-    ``DebugOptions`` field from jaxlib 0.9 on, which other backends ignore; older jaxlibs
-    would refuse it.
+    on the 2-core CPU of ``benchmarks/RESULTS.md``. The option exists from jaxlib 0.9 on (an
+    unknown option is an error). It is left out where an accelerator plugin is installed:
+    the programs then run on the accelerator, and deciding this here must not start a backend.
     """
     version = tuple(int(part) for part in jaxlib.__version__.split(".")[:2])
-    return {"xla_cpu_experimental_ynn_fusion_type": ""} if version >= (0, 9) else {}
+    accelerator = any(name.startswith(ACCELERATOR_PLUGINS)
+                      for _, name, _ in pkgutil.iter_modules())
+    if version < (0, 9) or accelerator:
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps,

@@ -228,3 +228,18 @@ def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
     np.testing.assert_allclose(small.net.w, state.net.w, rtol=1e-12, atol=1e-15)
     if state.net.b is not None:
         np.testing.assert_allclose(small.net.b, state.net.b, rtol=1e-12, atol=1e-15)
+
+
+def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatch):
+    import pkgutil
+
+    plain = [(None, "numpy", True), (None, "jax", True)]
+    monkeypatch.setattr(pkgutil, "iter_modules", lambda: iter(plain))
+    monkeypatch.setattr(train.jaxlib, "__version__", "0.10.2")
+    assert train._compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    monkeypatch.setattr(train.jaxlib, "__version__", "0.8.3")
+    assert train._compiler_options() == {}
+    monkeypatch.setattr(train.jaxlib, "__version__", "0.9.0")
+    monkeypatch.setattr(pkgutil, "iter_modules",
+                        lambda: iter(plain + [(None, "jax_cuda12_plugin", True)]))
+    assert train._compiler_options() == {}
