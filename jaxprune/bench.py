@@ -52,9 +52,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["SIZE_SETS", "Case", "step_flops", "case_static", "case_inputs", "tree_bytes",
-           "state_and_data_bytes", "default_cases", "matmul_peak", "AdvanceRunner", "LoopRunner", "TorchRunner", "load_torch_step",
-           "measure_case", "memory_profile", "compile_count", "run", "format_markdown",
-           "add_arguments", "main"]
+           "state_and_data_bytes", "default_cases", "matmul_peak", "AdvanceRunner",
+           "LoopRunner", "TorchRunner", "load_torch_step", "measure_case", "memory_profile",
+           "compile_count", "run", "format_markdown", "add_arguments", "main"]
 
 #: Named sizes: (d, n, width). ``paper-*``: n = 100, width = 50; ``quickstart``: the sizes of
 #: ``sweeps/quickstart.toml``.
@@ -274,11 +274,13 @@ class LoopRunner:
         self.step = lambda st, p, g: train.train_steps(st, p, g, one, single)  # noqa: E731
         G = static.group_size
         take = lambda tree, i: jax.tree.map(lambda a: a[i:i + 1], tree)  # noqa: E731
+        # A group's data is shared by its runs (it is not donated).
+        group_of = [take(groups, s) for s in range(static.groups)]
         self.runs = []
         for r in range(static.runs):
             # Every run owns its buffers (they are donated), the step counter included.
             run_state = jax.tree.map(lambda a: a[r:r + 1] if a.ndim else a.copy(), state)  # noqa: B023
-            self.runs.append([run_state, take(params, r), take(groups, r // G)])
+            self.runs.append([run_state, take(params, r), group_of[r // G]])
         jax.block_until_ready(self.runs)
 
     def run(self, steps: int) -> None:

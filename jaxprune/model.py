@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxprune.spec import Static
 
 __all__ = ["Network", "Context", "activation", "preactivations", "output_from_preactivations",
-           "output_from_projections", "output", "example_loss", "CLASS_SIGN"]
+           "output", "example_loss", "CLASS_SIGN"]
 
 #: ``j`` for class index 0 and 1.
 CLASS_SIGN = (1.0, -1.0)
@@ -76,25 +76,11 @@ def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array |
     return h_signal, h_noise
 
 
-def output_from_projections(signal_proj: jax.Array, noise_proj: jax.Array,
-                            b: jax.Array | None, clean: jax.Array, ctx: Context,
-                            static: Static) -> jax.Array:
-    """``f(x)`` of one example from its filters' projections on the two patches.
-
-    Args:
-      signal_proj: ``<W[j,r], u>``, ``(2, m)`` (the same for every example).
-      noise_proj: ``<W[j,r], z>`` for the example's standardized noise ``z``, ``(2, m)``.
-      b: the bias ``(2, m)``, or None.
-      clean: the example's clean label ``y~``.
-    """
-    h_signal, h_noise = preactivations(signal_proj, noise_proj, b, clean, ctx)
-    return output_from_preactivations(h_signal, h_noise, ctx, static)
-
-
 def output(net: Network, ctx: Context, signal_proj: jax.Array, clean: jax.Array,
            z: jax.Array, static: Static) -> jax.Array:
     """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example with standardized noise patch ``z``."""
-    return output_from_projections(signal_proj, net.w @ z, net.b, clean, ctx, static)
+    h_signal, h_noise = preactivations(signal_proj, net.w @ z, net.b, clean, ctx)
+    return output_from_preactivations(h_signal, h_noise, ctx, static)
 
 
 def example_loss(margin: jax.Array) -> jax.Array:

@@ -27,6 +27,10 @@ STATIC_FIELDS = ("signal_support", "noise_orthogonal", "activation_power", "outp
                  "steps", "eval_every", "dtype")
 
 
+#: How plain GD may be computed (``Static.formulation``; "auto" lets ``kernel_step`` choose).
+FORMULATIONS = ("auto", "direct", "kernel")
+
+
 @dataclasses.dataclass(frozen=True)
 class Static:
     """The hashable description of one compiled program (a shape bucket).
@@ -70,6 +74,8 @@ class Static:
         numbers per filter instead of multiplying by d columns) and segments between
         evaluations are long enough (``eval_every >= n``) to repay building them.
         ``formulation`` = "direct" or "kernel" forces a choice."""
+        if self.formulation not in FORMULATIONS:
+            raise ValueError(f"formulation {self.formulation!r} is not one of {FORMULATIONS}")
         if self.optimizer != "gd" or self.formulation == "direct":
             return False
         return self.formulation == "kernel" or (

@@ -310,7 +310,7 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
         return jnp.where(ok, params.learning_rate.reshape(ok.shape) * x, 0.0)
 
     step_noise = scaled(f.noise).reshape(S, G * 2 * m, n)
-    step_support = (scaled(f.signal) / root_s).reshape(S, G * 2 * m, 1)
+    step_support = _support_gradient(scaled(f.signal), static).reshape(S, G * 2 * m, 1)
     b = None if carry.b is None else carry.b - scaled(f.bias)
     return step_noise, step_support, b, carry.diverged | ~finite
 
@@ -515,6 +515,10 @@ def _compiler_options() -> dict[str, str]:
     return {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+#: Decided once, at import (see ``_compiler_options``).
+COMPILER_OPTIONS = _compiler_options()
+
+
 def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps,
                  static: Static) -> TrainState:
     loop = _gd_loop if static.optimizer == "gd" else _optax_loop
@@ -523,7 +527,7 @@ def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_st
 
 
 @functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
-                   compiler_options=_compiler_options())
+                   compiler_options=COMPILER_OPTIONS)
 def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
                 static: Static) -> TrainState:
     """``num_steps`` training steps of every run (one ``fori_loop``; ``num_steps`` is traced,
@@ -532,7 +536,7 @@ def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_ste
 
 
 @functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
-                   compiler_options=_compiler_options())
+                   compiler_options=COMPILER_OPTIONS)
 def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
             static: Static) -> tuple[TrainState, Metrics]:
     """``train_steps``, then every run's metrics."""

@@ -243,3 +243,11 @@ def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatc
     monkeypatch.setattr(pkgutil, "iter_modules",
                         lambda: iter(plain + [(None, "jax_cuda12_plugin", True)]))
     assert train._compiler_options() == {}
+
+
+def test_an_unknown_formulation_is_an_error():
+    _, _, chunk = build(OPTION_SETS["padded-defaults"])
+    assert not chunk.static.kernel_step  # eval_every = 5 < n = 8: direct
+    assert dataclasses.replace(chunk.static, formulation="kernel").kernel_step
+    with pytest.raises(ValueError, match="'kernal' is not one of"):
+        dataclasses.replace(chunk.static, formulation="kernal").kernel_step
