@@ -32,10 +32,11 @@ def run(table, chunk, formulation):
     groups = train.make_groups(seeds, static)
     state = train.init_state(params, groups, static)
     start = time.perf_counter()
+    gram = train.build_gram(state.mask, groups, static)
     done = 0
     while done < static.steps:
         segment = min(static.eval_every, static.steps - done)
-        state, metrics = train.advance(state, params, groups, jnp.int32(segment), static)
+        state, metrics = train.advance(state, params, groups, jnp.int32(segment), static, gram)
         done += segment
     jax.block_until_ready(metrics)
     return np.asarray(state.net.w), jax.device_get(metrics), time.perf_counter() - start

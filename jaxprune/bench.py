@@ -217,12 +217,20 @@ class AdvanceRunner:
         self.groups = train.make_groups(seeds, static)
         self.state = train.init_state(params, self.groups, static)
         jax.block_until_ready((self.groups, self.state))
+        # The kernel formulation's Gram matrices, built once per chunk as the engine does.
+        build = train.build_gram.lower(self.state.mask, self.groups, static=static).compile()
+        t = time.perf_counter()
+        self.gram = jax.block_until_ready(build(self.state.mask, self.groups))
+        self.gram_s = time.perf_counter() - t if self.gram is not None else None
         t = time.perf_counter()
         self.compiled = train.advance.lower(self.state, params, self.groups, jnp.int32(0),
-                                            static=static).compile()
+                                            static=static, gram=self.gram).compile()
         self.compile_s = time.perf_counter() - t
         self.steps_only = train.train_steps.lower(self.state, params, self.groups,
-                                                  jnp.int32(0), static=static).compile()
+                                                  jnp.int32(0), static=static,
+                                                  gram=self.gram).compile()
+        self.evaluate_only = train.evaluate.lower(self.state, params, self.groups,
+                                                  static=static).compile()
         self.metrics = None
 
     def run(self, steps: int) -> None:
@@ -230,7 +238,7 @@ class AdvanceRunner:
         import jax.numpy as jnp
 
         self.state, self.metrics = self.compiled(self.state, self.params, self.groups,
-                                                 jnp.int32(steps))
+                                                 jnp.int32(steps), gram=self.gram)
         _jax().block_until_ready((self.state, self.metrics))
 
     def run_steps(self, steps: int) -> None:
@@ -241,9 +249,13 @@ class AdvanceRunner:
         while steps > 0:
             segment = min(steps, self.static.eval_every)
             self.state = self.steps_only(self.state, self.params, self.groups,
-                                         jnp.int32(segment))
+                                         jnp.int32(segment), gram=self.gram)
             steps -= segment
         _jax().block_until_ready(self.state)
+
+    def evaluate(self) -> None:
+        """``train.evaluate``: the metrics ``advance`` ends a segment with."""
+        _jax().block_until_ready(self.evaluate_only(self.state, self.params, self.groups))
 
     def weights(self) -> np.ndarray:
         return np.asarray(self.state.net.w)
@@ -376,8 +388,10 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
 
     Returns:
       A dict with the case, ``flop_per_run_step``, ``compile_s`` (of ``advance``), ``eval_s``
-      (the evaluation ``advance`` ends with), ``other_cores`` (CPU other processes used while
-      timing), and per implementation ``steps`` (per timed
+      (``train.evaluate``, which ``advance`` ends each segment with), ``gram_s`` (building the
+      kernel formulation's Gram matrices, once per chunk; None for the direct one),
+      ``other_cores`` (CPU other processes used while timing), and per implementation
+      ``steps`` (per timed
       segment), ``step_s`` (median seconds per step of all R runs), ``run_steps_per_s`` and
       ``gflops``; or ``skipped`` with the reason.
     """
@@ -404,15 +418,15 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     for f in step_fns.values():
         f(1)
     adv.run(0)
-    # The kernel formulation builds its Gram matrices once per call: its segments are whole
-    # multiples of eval_every steps, as the engine runs them.
+    # A segment of the kernel formulation starts with a product over W and rebuilds W at its
+    # end: it is timed in whole segments of eval_every steps, as the engine runs it.
     unit = {k: (static.eval_every if k == "advance" and static.kernel_step else 1)
             for k in step_fns}
     probe = _interleaved({k: (lambda f=f, u=unit[k]: f(u)) for k, f in step_fns.items()}, 1)
     steps = {k: unit[k] * _steps_for(t[0], target_s, max(1, max_steps // unit[k]))
              for k, t in probe.items()}
     segments = {k: (lambda f=f, s=steps[k]: f(s)) for k, f in step_fns.items()}
-    segments["advance_eval"] = lambda: adv.run(0)
+    segments["advance_eval"] = adv.evaluate
     cpu_start = _cpu_sample()
     times = _interleaved(segments, repeats)
     other = _other_cores(cpu_start, _cpu_sample())
@@ -421,6 +435,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     out = {"case": dataclasses.asdict(case), "S": static.groups, "G": static.group_size,
            "formulation": "kernel" if static.kernel_step else "direct",
            "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
+           "gram_s": adv.gram_s,
            "other_cores": other,
            "impls": {}, "skipped": skipped}
     for k in runners:
@@ -468,7 +483,8 @@ def _memory_child(spec: str) -> None:
 
     Peaks (VmHWM, reset with ``clear_refs`` between phases): ``setup_peak`` (make_groups and
     init_state), ``steps_peak`` (2 steps without evaluation), ``eval_peak`` (train.evaluate),
-    ``advance_peak`` (advance: 2 steps and the evaluation).
+    ``advance_peak`` (advance: 2 steps and the evaluation). The kernel formulation's Gram
+    matrices are built in the setup phase and held throughout, as the engine holds them.
     """
     jax = _jax()
     import jax.numpy as jnp
@@ -483,25 +499,30 @@ def _memory_child(spec: str) -> None:
     make = train.make_groups.lower(seeds, static=static).compile()
     init = train.init_state.lower(params, groups_abs, static=static).compile()
     two = jnp.int32(2)
-    adv = train.advance.lower(state_abs, params, groups_abs, two, static=static).compile()
-    steps = train.train_steps.lower(state_abs, params, groups_abs, two, static=static).compile()
+    build = train.build_gram.lower(state_abs.mask, groups_abs, static=static).compile()
+    gram_abs = build.out_info
+    adv = train.advance.lower(state_abs, params, groups_abs, two, static=static,
+                              gram=gram_abs).compile()
+    steps = train.train_steps.lower(state_abs, params, groups_abs, two, static=static,
+                                    gram=gram_abs).compile()
     evaluate = train.evaluate.lower(state_abs, params, groups_abs, static=static).compile()
     kib = 1024
     baseline = _status_kib("VmRSS") * kib
     resettable = _reset_peak()
     groups = make(seeds)
     state = init(params, groups)
-    jax.block_until_ready((groups, state))
+    gram = build(state.mask, groups)
+    jax.block_until_ready((groups, state, gram))
     peaks = {"setup_peak": _status_kib("VmHWM") * kib}
     _reset_peak()
-    state = steps(state, params, groups, two)
+    state = steps(state, params, groups, two, gram=gram)
     jax.block_until_ready(state)
     peaks["steps_peak"] = _status_kib("VmHWM") * kib
     _reset_peak()
     jax.block_until_ready(evaluate(state, params, groups))
     peaks["eval_peak"] = _status_kib("VmHWM") * kib
     _reset_peak()
-    state, metrics = adv(state, params, groups, two)
+    state, metrics = adv(state, params, groups, two, gram=gram)
     jax.block_until_ready((state, metrics))
     peaks["advance_peak"] = _status_kib("VmHWM") * kib
     print(json.dumps({
@@ -769,8 +790,8 @@ def format_markdown(result: dict) -> str:
         "",
         "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
         "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
-        "| compile s | eval s | others' CPU |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| compile s | eval s | Gram s | others' CPU |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
@@ -784,6 +805,7 @@ def format_markdown(result: dict) -> str:
             f"| {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
             f"| {100 * adv['gflops'] / peak:.0f} % | {cell(loop)} | {cell(tor)} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
+            f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
             f"| {_cores_text(r.get('other_cores'))} |")
     skipped = {v for r in result["cases"] for v in r["skipped"].values()}
     for why in sorted(skipped):

@@ -246,12 +246,14 @@ def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log)
         state, history, step = restored
         state = jax.tree.map(jnp.asarray, state)
         log(f"chunk {chunk.index}: resumed from the checkpoint at step {step}")
+    gram = train.build_gram(state.mask, groups, static)  # None unless the kernel formulation
     real = len(chunk.run_ids)
     t = int(history["step"][-1])
     bar.update(real * t)
     while t < static.steps:
         stop = min((t // static.eval_every + 1) * static.eval_every, static.steps)
-        state, metrics = train.advance(state, params, groups, jnp.int32(stop - t), static)
+        state, metrics = train.advance(state, params, groups, jnp.int32(stop - t), static,
+                                        gram)
         metrics = jax.device_get(metrics)
         history = {"step": np.append(history["step"], stop),
                    **{k: np.concatenate([history[k], np.asarray(v)[None]])

@@ -30,8 +30,8 @@ from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output,
                             output_from_preactivations, preactivations)
 from jaxprune.spec import RunParams, Static
 
-__all__ = ["TrainState", "Metrics", "MaskStats", "Factors", "make_groups", "init_state",
-           "train_steps", "advance", "evaluate", "mask_stats", "optimizer", "loss_factors",
+__all__ = ["TrainState", "Metrics", "MaskStats", "Factors", "Gram", "make_groups", "init_state",
+           "build_gram", "train_steps", "advance", "evaluate", "mask_stats", "optimizer", "loss_factors",
            "gradient", "context", "initial_network"]
 
 
@@ -107,21 +107,38 @@ def signal_projection(w: jax.Array, static: Static) -> jax.Array:
     return jnp.sum(w[..., :s], axis=-1) / jnp.sqrt(jnp.asarray(s, w.dtype))
 
 
-def outputs(net: Network, ctx: Context, samples: Samples, static: Static) -> jax.Array:
-    """``f(x_i)`` for every example of a sample set: ``(N,)``."""
-    proj = signal_projection(net.w, static)
-    return jax.vmap(lambda c, z: output(net, ctx, proj, c, z, static))(
-        samples.clean, samples.noise)
+def noise_projections(w: jax.Array, samples: Samples) -> jax.Array:
+    """``<W[j,r], z_i>`` of every example: ``(N, 2, m)``, one example at a time (as the
+    forward pass writes it, so that a run's value does not depend on its batch)."""
+    return jax.vmap(lambda z: w @ z)(samples.noise)
+
+
+def outputs(net: Network, ctx: Context, samples: Samples, static: Static,
+            noise_proj: jax.Array | None = None) -> jax.Array:
+    """``f(x_i)`` for every example of a sample set: ``(N,)``; ``noise_proj`` are the
+    examples' ``noise_projections`` when already computed."""
+    if noise_proj is None:
+        noise_proj = noise_projections(net.w, samples)
+    signal_proj = signal_projection(net.w, static)
+
+    def one(clean, proj):
+        h_signal, h_noise = preactivations(signal_proj, proj, net.b, clean, ctx)
+        return output_from_preactivations(h_signal, h_noise, ctx, static)
+
+    return jax.vmap(one)(samples.clean, noise_proj)
+
+
+def init_scale(p: RunParams, static: Static) -> jax.Array:
+    """The factor of the standard draws in ``W(0)``: ``init_std`` (normal) or ``1/sqrt(d)``."""
+    if static.init == "normal":
+        return p.init_std
+    return 1.0 / jnp.sqrt(p.d.astype(static.float_dtype))
 
 
 def initial_network(p: RunParams, g: GroupData, mask: jax.Array, static: Static) -> Network:
     """``W(0) = scale * base * M``: N(0, init_std^2) or U(-1/sqrt(d), 1/sqrt(d)) draws."""
     dtype = static.float_dtype
-    if static.init == "normal":
-        w = p.init_std * g.init_base
-    else:
-        w = g.init_base / jnp.sqrt(p.d.astype(dtype))
-    w = jnp.where(mask, w, 0.0).astype(dtype)
+    w = jnp.where(mask, init_scale(p, static) * g.init_base, 0.0).astype(dtype)
     if not static.bias:
         return Network(w, None)
     real = jnp.arange(static.width) < p.width
@@ -218,18 +235,20 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #     W <- M * (W - Dn Z - ds 1_S^T),   Dn = eta dL/dP,  ds = eta dL/dc / sqrt(s)
 # with the learning rate folded into the small (F x n) factor Dn.
 #
-# "direct": the gradient product and the update run block by block (about 1 MiB of W each), so
+# "direct": the gradient product and the update run block by block (about 4 MiB of W each), so
 # no W-sized temporary exists.
 #
 # "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
 #     <W_f(t), z_i> = P0[f,i] - (K_f A_f)_i - B_f v_f[i],     v_f = Z diag(M_f) 1_S,
 #     <W_f(t), 1_S> = c0_f - <A_f, v_f> - B_f |M_f 1_S|.
-# A step reads 2 n^2 numbers per filter instead of multiplying by d columns twice; K costs about
-# n / 2 direct steps per segment (one GEMM per group), and W is rebuilt once at the end.
+# A step reads 2 n^2 numbers per filter instead of multiplying by d columns twice. K and v depend
+# only on the masks and the data: ``gram`` builds them once per chunk (about n / 2 direct steps,
+# one GEMM per group); each segment starts with one product P0 = W Z^T and rebuilds W at its end.
 
-#: Bytes of W that one block of the GD update covers (about an L2 cache).
-BLOCK_BYTES = 1 << 20
+#: Bytes of W that one block of the GD update covers (4 MiB ran 5-10 % faster than 1 MiB on the
+#: CPU of ``benchmarks/RESULTS.md``: each block's GEMM is larger, and it still fits its cache).
+BLOCK_BYTES = 1 << 22
 
 
 class _DirectCarry(NamedTuple):
@@ -245,33 +264,34 @@ class _KernelCarry(NamedTuple):
     diverged: jax.Array  # (S, G)
 
 
-class _Kernel(NamedTuple):
-    """What the kernel formulation reads every step (fixed over a segment)."""
+class Gram(NamedTuple):
+    """What the kernel formulation reads every step that only the masks and the training noise
+    fix, so one chunk's run can build it once: ``(S, F, ...)`` in the GEMM layout."""
 
-    gram: jax.Array  # (S, F, n, n): K_f = Z diag(M_f) Z^T
+    matrices: jax.Array  # (S, F, n, n): K_f = Z diag(M_f) Z^T
     support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
     support_count: jax.Array  # (S, F): |M_f 1_S|
-    noise_proj: jax.Array  # (S, F, n): P0 = W(0) Z^T
-    support_sum: jax.Array  # (S, F): c0 = <W(0), 1_S>
 
 
 def _largest_divisor(total: int, at_most: int) -> int:
     return max(k for k in range(1, max(1, min(total, at_most)) + 1) if total % k == 0)
 
 
-def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int):
-    """``where(M, W - step_noise @ Z - [k < s] step_support, 0)``, in blocks, in place.
-
-    Blocks are whole runs of the one group when S = 1, whole groups otherwise.
-    """
-    S, G, m, d = static.groups, static.group_size, static.width, static.d
-    run_bytes = 2 * m * d * w.dtype.itemsize
+def _run_blocks(static: Static, block_bytes: int) -> tuple[int, int]:
+    """``(axis, k)``: blocks of about ``block_bytes`` of W, k runs of the one group (axis 1)
+    when S = 1, k whole groups (axis 0) otherwise."""
+    S, G = static.groups, static.group_size
+    run_bytes = 2 * static.width * static.d * static.float_dtype.itemsize
     if S == 1:
-        runs = _largest_divisor(G, block_bytes // run_bytes)
-        size, axis, count = runs * 2 * m, 1, G // runs
-    else:
-        groups = _largest_divisor(S, block_bytes // (G * run_bytes))
-        size, axis, count = groups, 0, S // groups
+        return 1, _largest_divisor(G, block_bytes // run_bytes)
+    return 0, _largest_divisor(S, block_bytes // (G * run_bytes))
+
+
+def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int):
+    """``where(M, W - step_noise @ Z - [k < s] step_support, 0)``, in blocks, in place."""
+    S, G, m, d = static.groups, static.group_size, static.width, static.d
+    axis, k = _run_blocks(static, block_bytes)
+    size, count = (k * 2 * m, G // k) if axis == 1 else (k, S // k)
     on_support = jnp.arange(d) < static.signal_support
 
     def block(i, w):
@@ -325,46 +345,45 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
     return _DirectCarry(w, b, diverged)
 
 
-def _kernel_constants(w, mask, z, static: Static, block_bytes: int) -> _Kernel:
+def _gram(mask, z, static: Static, block_bytes: int) -> Gram:
     """Gram matrices (per group, ``M (F x d) @ ZZ (d x n^2)`` with ``ZZ[k] = z_k z_k^T``, in
-    blocks of filters so that no float copy of the whole mask exists) and the segment's
-    starting projections."""
+    blocks of filters so that no float copy of the whole mask exists)."""
     n, d, s = static.n, static.d, static.signal_support
     F = mask.shape[1]
-    rows = _largest_divisor(F, block_bytes // (d * w.dtype.itemsize))
+    rows = _largest_divisor(F, block_bytes // (d * z.dtype.itemsize))
 
-    def gram(group):
+    def one_group(group):
         z, mask = group
         outer = (z[:, None, :] * z[None, :, :]).reshape(n * n, d)
         blocks = jax.lax.map(lambda m: jnp.einsum("fd,kd->fk", m.astype(z.dtype), outer),
                              mask.reshape(F // rows, rows, d))
         return blocks.reshape(F, n, n)
 
-    keep = mask[..., :s].astype(w.dtype)
-    return _Kernel(jax.lax.map(gram, (z, mask)),
-                   jnp.einsum("sfd,snd->sfn", keep, z[..., :s]),
-                   jnp.sum(keep, axis=-1),
-                   jnp.einsum("sfd,snd->sfn", w, z), _support_sum(w, static))
+    keep = mask[..., :s].astype(z.dtype)
+    return Gram(jax.lax.map(one_group, (z, mask)),
+                jnp.einsum("sfd,snd->sfn", keep, z[..., :s]), jnp.sum(keep, axis=-1))
 
 
-def _kernel_step(carry: _KernelCarry, kernel: _Kernel, params, train: Samples,
-                 static: Static) -> _KernelCarry:
+def _kernel_step(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, params,
+                 train: Samples, static: Static) -> _KernelCarry:
+    """One step from the segment's starting projections ``P0`` and ``c0``."""
     a, support = carry.a, carry.support
     n = static.n
     # K_f A_f of all S*F filters as one batched matrix-vector product (as a multiply-and-reduce,
     # or with a leading axis of 1, XLA:CPU is 10-50x slower).
-    gram_a = jnp.einsum("fij,fj->fi", kernel.gram.reshape(-1, n, n),
+    gram_a = jnp.einsum("fij,fj->fi", gram.matrices.reshape(-1, n, n),
                         a.reshape(-1, n)).reshape(a.shape)
-    noise_proj = kernel.noise_proj - gram_a - support * kernel.support_noise
-    support_sum = (kernel.support_sum - jnp.sum(a * kernel.support_noise, axis=-1)
-                   - support[..., 0] * kernel.support_count)
+    noise_proj = noise_proj0 - gram_a - support * gram.support_noise
+    support_sum = (support_sum0 - jnp.sum(a * gram.support_noise, axis=-1)
+                   - support[..., 0] * gram.support_count)
     step_noise, step_support, b, diverged = _gd_factors(
         noise_proj, support_sum, carry, params, train, static)
     return _KernelCarry(a + step_noise, support + step_support, b, diverged)
 
 
 def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
-             static: Static, block_bytes: int = BLOCK_BYTES) -> TrainState:
+             static: Static, gram: Gram | None = None,
+             block_bytes: int = BLOCK_BYTES) -> TrainState:
     S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
     gemm = lambda a: a.reshape((S, G * 2 * m, d))  # noqa: E731  (free: a row-major reshape)
     by_group = lambda a: a.reshape((S, G) + a.shape[1:])  # noqa: E731
@@ -373,11 +392,15 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     b = None if state.net.b is None else by_group(state.net.b)
     diverged = by_group(state.diverged)
     if static.kernel_step:
-        kernel = _kernel_constants(w, mask, z, static, block_bytes)
+        if gram is None:
+            gram = _gram(mask, z, static, block_bytes)
+        noise_proj0 = jnp.einsum("sfd,snd->sfn", w, z)
+        support_sum0 = _support_sum(w, static)
         start = _KernelCarry(jnp.zeros((S, G * 2 * m, n), w.dtype),
                              jnp.zeros((S, G * 2 * m, 1), w.dtype), b, diverged)
         carry = jax.lax.fori_loop(
-            0, num_steps, lambda _, c: _kernel_step(c, kernel, params, groups.train, static),
+            0, num_steps, lambda _, c: _kernel_step(c, gram, noise_proj0, support_sum0, params,
+                                                    groups.train, static),
             start)
         w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
     else:
@@ -406,31 +429,64 @@ def _optax_loop(state: TrainState, params: RunParams, groups: GroupData, num_ste
     return state._replace(net=net, opt_state=opt_state, diverged=diverged)
 
 
-def _metrics_run(net: Network, mask, p: RunParams, g: GroupData, static: Static):
+def _initial_projections(mask, params: RunParams, groups: GroupData, static: Static,
+                         block_bytes: int = BLOCK_BYTES) -> jax.Array:
+    """``<W(0)[j,r], z_i>`` of every run's training examples, ``(R, n, 2, m)``, with
+    ``W(0) = scale * where(M, base, 0)`` formed in blocks of runs (no W-sized copy)."""
+    S, G, m, n, d = static.groups, static.group_size, static.width, static.n, static.d
+    axis, k = _run_blocks(static, block_bytes)
+    mask = mask.reshape(S, G, 2, m, d)
+
+    def block(mask, base, z):  # (s, g, 2, m, d), (s, 2, m, d), (s, n, d)
+        kept = jnp.where(mask, base[:, None], 0.0)
+        return jnp.einsum("sgjmd,snd->sgnjm", kept, z)
+
+    base, z = groups.init_base, groups.train.noise
+    cut = lambda a, i: jax.lax.dynamic_slice_in_dim(a, i * k, k, axis)  # noqa: E731
+    if axis == 1:
+        one = lambda i: block(cut(mask, i), base, z)  # noqa: E731
+    else:
+        one = lambda i: block(cut(mask, i), cut(base, i), cut(z, i))  # noqa: E731
+    proj = jax.lax.fori_loop(
+        0, (G if axis == 1 else S) // k,
+        lambda i, out: jax.lax.dynamic_update_slice_in_dim(out, one(i), i * k, axis),
+        jnp.zeros((S, G, n, 2, m), static.float_dtype))
+    scale = init_scale(params, static).astype(static.float_dtype)
+    return scale[:, None, None, None] * proj.reshape(S * G, n, 2, m)
+
+
+def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
+                 static: Static):
+    """Metrics of one run; ``initial_proj`` is ``<W(0)[j,r], z_i>`` of its training examples
+    ``(n, 2, m)`` (see ``_initial_projections``)."""
     dtype = static.float_dtype
     ctx = context(p, static)
     real_filter = jnp.arange(static.width) < p.width
 
-    def loss_and_error(samples, count, padded):
+    def loss_and_error(samples, count, padded, noise_proj=None):
         labels = observed_labels(samples, p.label_flip)
         weights = sample_weights(count, padded, dtype)
-        margin = labels * outputs(net, ctx, samples, static)
+        margin = labels * outputs(net, ctx, samples, static, noise_proj)
         # A non-finite margin counts as an error.
         error = jnp.sum(weights * jnp.where(margin > 0, 0.0, 1.0))
         return jnp.sum(weights * example_loss(margin)), error, labels, weights
 
-    train_loss, train_error, labels, weights = loss_and_error(g.train, p.n, static.n)
+    train_proj = noise_projections(net.w, g.train)
+    train_loss, train_error, labels, weights = loss_and_error(g.train, p.n, static.n,
+                                                              train_proj)
     test_loss, test_error, _, _ = loss_and_error(g.test, p.n_test, static.n_test)
 
-    dw = net.w - initial_network(p, g, mask, static).w
+    # The feature measures are linear in W - W(0), so they are differences of projections;
+    # W(0) is formed on the signal support only (no W-sized copy).
+    s = static.signal_support
+    support0 = initial_network(p, g._replace(init_base=g.init_base[..., :s]), mask[..., :s],
+                               static).w
     # Signal learning: max_r j <dW[j,r], mu> per class j.
-    learned = jnp.asarray(CLASS_SIGN, dtype)[:, None] * p.signal_norm * signal_projection(
-        dw, static)
+    learned = jnp.asarray(CLASS_SIGN, dtype)[:, None] * p.signal_norm * (
+        signal_projection(net.w, static) - signal_projection(support0, static))
     learned = jnp.max(jnp.where(real_filter, learned, -jnp.inf), axis=-1)
     # Noise memorization: mean_i max_r <dW[y_i,r], xi_i>.
-    # Written as the forward pass writes it (one example at a time), so a run's value does not
-    # depend on how many runs share its batch.
-    proj = p.noise_std * jax.vmap(lambda z: dw @ z)(g.train.noise)
+    proj = p.noise_std * (train_proj - initial_proj)
     own = jnp.where(labels[:, None] > 0, proj[:, 0, :], proj[:, 1, :])
     memorized = jnp.sum(weights * jnp.max(jnp.where(real_filter, own, -jnp.inf), axis=-1))
     return Metrics(train_loss, train_error, test_loss, test_error, learned[0], learned[1],
@@ -481,14 +537,6 @@ def init_state(params: RunParams, groups: GroupData, static: Static) -> TrainSta
 
 
 @functools.partial(jax.jit, static_argnames="static")
-def evaluate(state: TrainState, params: RunParams, groups: GroupData,
-             static: Static) -> Metrics:
-    """Every run's metrics at the current step."""
-    metrics = over_runs(lambda net, m, p, group: _metrics_run(net, m, p, group, static), static)
-    return metrics(state.net, state.mask, params, groups)
-
-
-@functools.partial(jax.jit, static_argnames="static")
 def mask_stats(state: TrainState, params: RunParams, static: Static) -> MaskStats:
     """Realized pruning fraction and signal-carrying filters of every run."""
     return jax.vmap(lambda m, p: _mask_stats_run(m, p, static))(state.mask, params)
@@ -519,26 +567,55 @@ def _compiler_options() -> dict[str, str]:
 COMPILER_OPTIONS = _compiler_options()
 
 
+def _evaluate(state: TrainState, params: RunParams, groups: GroupData,
+              static: Static) -> Metrics:
+    initial_proj = _initial_projections(state.mask, params, groups, static)
+    metrics = over_runs(lambda net, m, p0, p, group: _metrics_run(net, m, p0, p, group, static),
+                        static)
+    return metrics(state.net, state.mask, initial_proj, params, groups)
+
+
+@functools.partial(jax.jit, static_argnames="static", compiler_options=COMPILER_OPTIONS)
+def evaluate(state: TrainState, params: RunParams, groups: GroupData,
+             static: Static) -> Metrics:
+    """Every run's metrics at the current step."""
+    return _evaluate(state, params, groups, static)
+
+
+@functools.partial(jax.jit, static_argnames="static", compiler_options=COMPILER_OPTIONS)
+def build_gram(mask: jax.Array, groups: GroupData, static: Static) -> Gram | None:
+    """The kernel formulation's per-filter Gram matrices of a chunk, from its masks
+    ``(R, 2, m, d)``; None where plain GD runs directly (or the optimizer is not GD). Pass
+    them to every ``advance`` of the chunk so that no segment builds them again."""
+    if not static.kernel_step:
+        return None
+    S, G, m, d = static.groups, static.group_size, static.width, static.d
+    return _gram(mask.reshape(S, G * 2 * m, d), groups.train.noise, static, BLOCK_BYTES)
+
+
 def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps,
-                 static: Static) -> TrainState:
-    loop = _gd_loop if static.optimizer == "gd" else _optax_loop
-    state = loop(state, params, groups, num_steps, static)
+                 static: Static, gram: Gram | None) -> TrainState:
+    if static.optimizer == "gd":
+        state = _gd_loop(state, params, groups, num_steps, static, gram)
+    else:
+        state = _optax_loop(state, params, groups, num_steps, static)
     return state._replace(step=state.step + num_steps)
 
 
 @functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
                    compiler_options=COMPILER_OPTIONS)
 def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
-                static: Static) -> TrainState:
+                static: Static, gram: Gram | None = None) -> TrainState:
     """``num_steps`` training steps of every run (one ``fori_loop``; ``num_steps`` is traced,
-    so segments of any length share one program)."""
-    return _train_steps(state, params, groups, num_steps, static)
+    so segments of any length share one program). ``gram``: the chunk's ``build_gram``,
+    built here when not given."""
+    return _train_steps(state, params, groups, num_steps, static, gram)
 
 
 @functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
                    compiler_options=COMPILER_OPTIONS)
 def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
-            static: Static) -> tuple[TrainState, Metrics]:
+            static: Static, gram: Gram | None = None) -> tuple[TrainState, Metrics]:
     """``train_steps``, then every run's metrics."""
-    state = _train_steps(state, params, groups, num_steps, static)
-    return state, evaluate(state, params, groups, static)
+    state = _train_steps(state, params, groups, num_steps, static, gram)
+    return state, _evaluate(state, params, groups, static)

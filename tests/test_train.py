@@ -68,7 +68,9 @@ def run_batched(table, chunk, steps=STEPS, formulation="auto"):
     seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
     groups = train.make_groups(seeds, static)
     state = train.init_state(params, groups, static)
-    state, metrics = train.advance(state, params, groups, jnp.int32(steps), static)
+    # As the engine runs a chunk: its Gram matrices (kernel formulation) built once, outside.
+    gram = train.build_gram(state.mask, groups, static)
+    state, metrics = train.advance(state, params, groups, jnp.int32(steps), static, gram)
     return ids, jax.device_get(state), jax.device_get(metrics)
 
 
@@ -228,6 +230,29 @@ def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
     np.testing.assert_allclose(small.net.w, state.net.w, rtol=1e-12, atol=1e-15)
     if state.net.b is not None:
         np.testing.assert_allclose(small.net.b, state.net.b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["padded-defaults", "kou-gd-bias", "adam-orthogonal"])
+@pytest.mark.parametrize("max_runs", [None, 3])
+def test_initial_projections_in_blocks_equal_w0_times_z(name, max_runs):
+    """The memorization's ``<W(0)[j,r], z_i>``, formed in blocks of runs without W(0), equals
+    the product of the materialized W(0) (the initial state's weights) with the noise."""
+    _, table, _ = build(OPTION_SETS[name])
+    chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
+    static = chunk.static
+    ids = chunk.runs.reshape(-1)
+    cols = {k: v[ids] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    state0 = train.init_state(params, groups, static)
+    S, G, m, n, d = static.groups, static.group_size, static.width, static.n, static.d
+    w0 = np.asarray(state0.net.w).reshape(S, G, 2, m, d)
+    expected = np.einsum("sgjmd,snd->sgnjm", w0, np.asarray(groups.train.noise))
+    for block_bytes in (1, train.BLOCK_BYTES):
+        got = jax.jit(functools.partial(train._initial_projections, block_bytes=block_bytes),
+                      static_argnames="static")(state0.mask, params, groups, static=static)
+        np.testing.assert_allclose(got, expected.reshape(S * G, n, 2, m), rtol=1e-12,
+                                   atol=1e-15)
 
 
 def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatch):
