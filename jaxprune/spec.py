@@ -71,15 +71,16 @@ class Static:
     def kernel_step(self) -> bool:
         """Whether plain GD runs in the kernel formulation (``train``): where ``n^2 <= 2 d``
         (its per-filter Gram matrices are at most twice the weights, and a step reads n^2
-        numbers per filter instead of multiplying by d columns) and segments between
-        evaluations are long enough (``eval_every >= n``) to repay building them.
+        numbers per filter instead of multiplying by d columns), the run is long enough to
+        repay building them once (``steps >= n``; they cost about n / 3 direct steps), and
+        segments have at least 2 steps (each starts with a product over W and rebuilds W).
         ``formulation`` = "direct" or "kernel" forces a choice."""
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"formulation {self.formulation!r} is not one of {FORMULATIONS}")
         if self.optimizer != "gd" or self.formulation == "direct":
             return False
         return self.formulation == "kernel" or (
-            self.n * self.n <= 2 * self.d and self.eval_every >= self.n)
+            self.n * self.n <= 2 * self.d and self.steps >= self.n and self.eval_every >= 2)
 
     @property
     def float_dtype(self):

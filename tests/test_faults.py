@@ -110,6 +110,29 @@ def test_finished_chunks_are_durable_before_the_sweep_ends(interrupted, referenc
         f"{interrupted}: 4 of 4 runs done (2 of 2 chunks)", "lock: free", "finished"]
 
 
+def test_resume_in_the_kernel_formulation_is_exact(tmp_path):
+    """Plain GD runs in the kernel formulation here, whose Gram matrices are
+    not checkpointed: the resumed chunk builds them again and ends bit for bit where an
+    uninterrupted run ends."""
+    sweep = tiny_sweep(train=dict(TRAIN, eval_every=10))
+    run(tmp_path / "whole", sweep)
+    plan = json.loads((tmp_path / "whole" / "plan.json").read_text())
+    assert Static(**plan["chunks"][0]["static"]).kernel_step
+    save = ChunkCheckpoints.save
+
+    def save_then_stop(self, step, *args):
+        save(self, step, *args)
+        if self.directory.name == "chunk-00001" and step == 20:
+            raise Interrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ChunkCheckpoints, "save", save_then_stop)
+        with pytest.raises(Interrupt):
+            run(tmp_path / "cut", sweep)
+    assert "chunk 1: resumed from the checkpoint at step 20" in run(tmp_path / "cut", sweep)
+    assert_same_files(tmp_path / "cut", tmp_path / "whole")
+
+
 def _data_files(step: Path) -> list[Path]:
     files = sorted((step / "arrays").rglob("d/*"))
     assert files
@@ -356,11 +379,11 @@ def test_lock_file_without_a_holder(tmp_path):
 # Divergence.
 
 
-@pytest.mark.parametrize("eval_every, kernel", [(5, False), (10, True)])
+@pytest.mark.parametrize("eval_every, kernel", [(1, False), (5, True)])
 def test_diverging_runs_are_frozen_and_flagged_alone(tmp_path, eval_every, kernel):
     """The runs with a huge learning rate overflow; their batch mates are untouched: equal, bit
-    for bit, to the same runs in a batch of the same layout where nothing diverges. (With
-    n = 8 <= eval_every, plain GD runs in the kernel formulation.)"""
+    for bit, to the same runs in a batch of the same layout where nothing diverges. (Plain GD
+    runs in the kernel formulation unless segments are of one step.)"""
     train = dict(TRAIN, eval_every=eval_every)
     wild = tiny_sweep(train=dict(train, learning_rate=[0.05, 1e30]))
     tame = tiny_sweep(train=dict(train, learning_rate=[0.05, 0.1]))

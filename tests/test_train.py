@@ -272,7 +272,10 @@ def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatc
 
 def test_an_unknown_formulation_is_an_error():
     _, _, chunk = build(OPTION_SETS["padded-defaults"])
-    assert not chunk.static.kernel_step  # eval_every = 5 < n = 8: direct
-    assert dataclasses.replace(chunk.static, formulation="kernel").kernel_step
+    static = chunk.static  # n = 8, d = 40, 12 steps, eval_every = 5: kernel
+    assert static.kernel_step
+    for change in (dict(eval_every=1), dict(steps=7), dict(d=31), dict(formulation="direct")):
+        assert not dataclasses.replace(static, **change).kernel_step, change
+    assert dataclasses.replace(static, d=31, formulation="kernel").kernel_step
     with pytest.raises(ValueError, match="'kernal' is not one of"):
         dataclasses.replace(chunk.static, formulation="kernal").kernel_step
