@@ -76,10 +76,11 @@ def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array |
     return h_signal, h_noise
 
 
-def output(net: Network, ctx: Context, signal_proj: jax.Array, clean: jax.Array,
-           z: jax.Array, static: Static) -> jax.Array:
-    """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example with standardized noise patch ``z``."""
-    h_signal, h_noise = preactivations(signal_proj, net.w @ z, net.b, clean, ctx)
+def output(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
+           clean: jax.Array, ctx: Context, static: Static) -> jax.Array:
+    """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example from its projections
+    ``<W[j,r], u>`` and ``<W[j,r], z>`` (``z`` its standardized noise patch), each ``(2, m)``."""
+    h_signal, h_noise = preactivations(signal_proj, noise_proj, b, clean, ctx)
     return output_from_preactivations(h_signal, h_noise, ctx, static)
 
 

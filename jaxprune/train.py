@@ -31,8 +31,8 @@ from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output,
 from jaxprune.spec import RunParams, Static
 
 __all__ = ["TrainState", "Metrics", "MaskStats", "Factors", "Gram", "make_groups", "init_state",
-           "build_gram", "train_steps", "advance", "evaluate", "mask_stats", "optimizer", "loss_factors",
-           "gradient", "context", "initial_network"]
+           "build_gram", "train_steps", "advance", "evaluate", "mask_stats", "optimizer",
+           "loss_factors", "gradient", "context", "initial_network"]
 
 
 class TrainState(NamedTuple):
@@ -120,12 +120,8 @@ def outputs(net: Network, ctx: Context, samples: Samples, static: Static,
     if noise_proj is None:
         noise_proj = noise_projections(net.w, samples)
     signal_proj = signal_projection(net.w, static)
-
-    def one(clean, proj):
-        h_signal, h_noise = preactivations(signal_proj, proj, net.b, clean, ctx)
-        return output_from_preactivations(h_signal, h_noise, ctx, static)
-
-    return jax.vmap(one)(samples.clean, noise_proj)
+    return jax.vmap(lambda c, h: output(signal_proj, h, net.b, c, ctx, static))(
+        samples.clean, noise_proj)
 
 
 def init_scale(p: RunParams, static: Static) -> jax.Array:
@@ -243,11 +239,12 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #     <W_f(t), z_i> = P0[f,i] - (K_f A_f)_i - B_f v_f[i],     v_f = Z diag(M_f) 1_S,
 #     <W_f(t), 1_S> = c0_f - <A_f, v_f> - B_f |M_f 1_S|.
 # A step reads 2 n^2 numbers per filter instead of multiplying by d columns twice. K and v depend
-# only on the masks and the data: ``gram`` builds them once per chunk (about n / 2 direct steps,
-# one GEMM per group); each segment starts with one product P0 = W Z^T and rebuilds W at its end.
+# only on the masks and the data: ``build_gram`` makes them once per chunk (about n / 3 direct
+# steps, one GEMM per group); each segment starts with one product P0 = W Z^T and rebuilds W
+# at its end.
 
-#: Bytes of W that one block of the GD update covers (4 MiB ran 5-10 % faster than 1 MiB on the
-#: CPU of ``benchmarks/RESULTS.md``: each block's GEMM is larger, and it still fits its cache).
+#: Bytes of W that one block of the GD update covers (on the CPU of ``benchmarks/RESULTS.md``,
+#: 4 MiB ran up to 20 % faster than 1 MiB in 7 of 10 cases, and at most 5 % slower).
 BLOCK_BYTES = 1 << 22
 
 

@@ -47,6 +47,22 @@ def assert_same_files(out, reference):
         assert (Path(out) / name).read_bytes() == (Path(reference) / name).read_bytes(), name
 
 
+def run_until_checkpoint(out, sweep, chunk_dir: str, at_step: int) -> None:
+    """Runs ``sweep`` into ``out`` and stops it, as a kill would, right after the checkpoint of
+    ``chunk_dir`` at ``at_step`` is saved."""
+    save = ChunkCheckpoints.save
+
+    def save_then_stop(self, step, *args):
+        save(self, step, *args)
+        if self.directory.name == chunk_dir and step == at_step:
+            raise Interrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ChunkCheckpoints, "save", save_then_stop)
+        with pytest.raises(Interrupt):
+            run(out, sweep)
+
+
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -69,17 +85,7 @@ def reference(tmp_path_factory):
 def interrupted_once(tmp_path_factory, reference):
     """Chunk 0 done; chunk 1 stopped right after its checkpoint at step 30 (20 and 30 kept)."""
     out = tmp_path_factory.mktemp("interrupted") / "out"
-    save = ChunkCheckpoints.save
-
-    def save_then_stop(self, step, *args):
-        save(self, step, *args)
-        if self.directory.name == "chunk-00001" and step == 30:
-            raise Interrupt
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ChunkCheckpoints, "save", save_then_stop)
-        with pytest.raises(Interrupt):
-            run(out)
+    run_until_checkpoint(out, SWEEP, "chunk-00001", 30)
     return out
 
 
@@ -111,24 +117,13 @@ def test_finished_chunks_are_durable_before_the_sweep_ends(interrupted, referenc
 
 
 def test_resume_in_the_kernel_formulation_is_exact(tmp_path):
-    """Plain GD runs in the kernel formulation here, whose Gram matrices are
-    not checkpointed: the resumed chunk builds them again and ends bit for bit where an
-    uninterrupted run ends."""
+    """Plain GD runs in the kernel formulation here, whose Gram matrices are not checkpointed:
+    the resumed chunk builds them again and ends bit for bit where an uninterrupted run ends."""
     sweep = tiny_sweep(train=dict(TRAIN, eval_every=10))
     run(tmp_path / "whole", sweep)
     plan = json.loads((tmp_path / "whole" / "plan.json").read_text())
     assert Static(**plan["chunks"][0]["static"]).kernel_step
-    save = ChunkCheckpoints.save
-
-    def save_then_stop(self, step, *args):
-        save(self, step, *args)
-        if self.directory.name == "chunk-00001" and step == 20:
-            raise Interrupt
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ChunkCheckpoints, "save", save_then_stop)
-        with pytest.raises(Interrupt):
-            run(tmp_path / "cut", sweep)
+    run_until_checkpoint(tmp_path / "cut", sweep, "chunk-00001", 20)
     assert "chunk 1: resumed from the checkpoint at step 20" in run(tmp_path / "cut", sweep)
     assert_same_files(tmp_path / "cut", tmp_path / "whole")
 
