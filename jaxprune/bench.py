@@ -5,7 +5,9 @@ turn, repeated), reporting medians of the repeats after warm-up:
 
 - ``advance``: the engine's program, ``train.advance`` = ``train.train_steps`` (one jitted
   ``fori_loop`` of steps) followed by an evaluation. The step is timed as ``train_steps``
-  alone, and ``advance`` with 0 steps times the evaluation (reported separately).
+  alone, at least ``min(10, eval_every)`` steps a call (a call's fixed cost is spread over
+  ``eval_every`` steps in the engine), and ``train.evaluate`` times the evaluation (reported
+  separately).
   Subtracting ``t(0)`` from ``t(K)`` instead proved fragile under load when the evaluation
   costs about as much as the K steps.
 - ``loop``: the same step as a plain Python loop over runs, one jitted single-run step

@@ -334,9 +334,9 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
 
 def _direct_step(carry: _DirectCarry, mask, noise_t, params, train: Samples, static: Static,
                  block_bytes: int) -> _DirectCarry:
-    """One step; ``noise_t`` is ``Z^T`` ``(S, d, n)``, a copy made once per segment: XLA:CPU's
-    batched products ran 20-30 % faster with it than with ``Z`` transposed inside the product
-    (``benchmarks/RESULTS.md``)."""
+    """One step; ``noise_t`` is ``Z^T`` ``(S, d, n)``, a copy made once per segment: with S > 1
+    XLA:CPU's batched products ran 20-30 % faster with it than with ``Z`` transposed inside
+    the product, and as fast with S = 1 (``benchmarks/RESULTS.md``)."""
     w = carry.w
     noise_proj = jnp.einsum("sfd,sdn->sfn", w, noise_t)
     step_noise, step_support, b, diverged = _gd_factors(

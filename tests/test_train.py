@@ -270,7 +270,7 @@ def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatc
     assert train._compiler_options() == {}
 
 
-def test_an_unknown_formulation_is_an_error():
+def test_formulation_choice_and_unknown_names():
     _, _, chunk = build(OPTION_SETS["padded-defaults"])
     static = chunk.static  # n = 8, d = 40, 12 steps, eval_every = 5: kernel
     assert static.kernel_step
