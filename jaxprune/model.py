@@ -56,13 +56,17 @@ def activation(z: jax.Array, q: float) -> jax.Array:
 
 def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Context,
                                static: Static) -> jax.Array:
-    """``f(x) = a * sum_{j,r} j * pool(sigma(h_signal[j,r]), sigma(h_noise[j,r]))`` of one
-    example from its pre-activations on the two patches, each ``(2, m)``."""
+    """``f(x) = a * sum_{j,r} j * pool(sigma(h_signal[j,r]), sigma(h_noise[j,r]))`` from the
+    pre-activations on the two patches, each ``(2, m, ...)``: of one example, or with trailing
+    axes (examples) that ``f`` keeps."""
     q = static.activation_power
     pooled = activation(h_signal, q) + activation(h_noise, q)
     if static.patch_pool == "mean":
         pooled = 0.5 * pooled
-    logits = pooled @ ctx.filter_weight
+    weight = ctx.filter_weight.reshape(ctx.filter_weight.shape + (1,) * (pooled.ndim - 2))
+    # A multiply-and-sum over the filters: written as a product with the weights, XLA:CPU
+    # transposes the (2, m, n) pre-activations of every run first (benchmarks/RESULTS.md).
+    logits = jnp.sum(pooled * weight, axis=1)
     return logits[0] - logits[1]
 
 
@@ -79,7 +83,8 @@ def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array |
 def output(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
            clean: jax.Array, ctx: Context, static: Static) -> jax.Array:
     """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example from its projections
-    ``<W[j,r], u>`` and ``<W[j,r], z>`` (``z`` its standardized noise patch), each ``(2, m)``."""
+    ``<W[j,r], u>`` and ``<W[j,r], z>`` (``z`` its standardized noise patch), each ``(2, m)``
+    (or ``(2, m, ...)``, see ``output_from_preactivations``)."""
     h_signal, h_noise = preactivations(signal_proj, noise_proj, b, clean, ctx)
     return output_from_preactivations(h_signal, h_noise, ctx, static)
 

@@ -179,8 +179,7 @@ def loss_factors(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | N
                                        samples.clean, ctx)
 
     def loss_of(h_signal, h_noise):
-        f = jax.vmap(lambda hs, hn: output_from_preactivations(hs, hn, ctx, static),
-                     in_axes=2)(h_signal, h_noise)
+        f = output_from_preactivations(h_signal, h_noise, ctx, static)
         return jnp.sum(weights * example_loss(labels * f))
 
     loss, (d_signal, d_noise) = jax.value_and_grad(loss_of, argnums=(0, 1))(h_signal, h_noise)
