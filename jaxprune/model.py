@@ -65,7 +65,8 @@ def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Con
         pooled = 0.5 * pooled
     weight = ctx.filter_weight.reshape(ctx.filter_weight.shape + (1,) * (pooled.ndim - 2))
     # A multiply-and-sum over the filters: written as a product with the weights, XLA:CPU
-    # transposes the (2, m, n) pre-activations of every run first (benchmarks/RESULTS.md).
+    # first transposes the (2, m, n) pre-activations of every run (the loss head then ran
+    # 1.5x slower, benchmarks/RESULTS.md).
     logits = jnp.sum(pooled * weight, axis=1)
     return logits[0] - logits[1]
 
@@ -83,8 +84,7 @@ def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array |
 def output(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
            clean: jax.Array, ctx: Context, static: Static) -> jax.Array:
     """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example from its projections
-    ``<W[j,r], u>`` and ``<W[j,r], z>`` (``z`` its standardized noise patch), each ``(2, m)``
-    (or ``(2, m, ...)``, see ``output_from_preactivations``)."""
+    ``<W[j,r], u>`` and ``<W[j,r], z>`` (``z`` its standardized noise patch), each ``(2, m)``."""
     h_signal, h_noise = preactivations(signal_proj, noise_proj, b, clean, ctx)
     return output_from_preactivations(h_signal, h_noise, ctx, static)
 
