@@ -7,12 +7,14 @@ For the ``shared`` layout (one seed, R runs: F = R * 2m filter rows) the step mu
     forward   (F x d) @ (d x n)             P = W Z^T
     gradient  (rows x n) @ (n x d)          Dn Z, in blocks of ``rows`` (``train.BLOCK_BYTES``)
 
-and this script times each shape, interleaved, as medians of repeats after warm-up, in:
-XLA:CPU as the step is compiled (``train.COMPILER_OPTIONS``: YNNPACK fusions off), XLA:CPU
-with its defaults (YNNPACK dots), numpy's BLAS (``np.matmul(out=)``), and PyTorch's
-(``torch.matmul(out=)``, if installed), next to the square ``jnp.dot`` peak that ``jaxprune
-bench`` uses. It answers how far the step's products could go with another library: the
-step cannot reach a larger share of the peak than its products do.
+and this script times each shape (medians of repeats after a warm-up, one implementation
+after the other, each call after a short rest, ``REST``) in: XLA:CPU as the step is compiled
+(``train.COMPILER_OPTIONS``: YNNPACK fusions off), XLA:CPU with its defaults (YNNPACK dots),
+numpy's BLAS (``np.matmul(out=)``) and PyTorch's (``torch.matmul(out=)``, if installed), next
+to the square ``jnp.dot`` peak that ``jaxprune bench`` uses. A last row per size times the
+step's whole update loop (``train._blocked_update``: every block's gradient product and the
+masked update) in XLA. It answers how far the step's products could go with another library:
+the step cannot reach a larger share of the peak than its products do.
 """
 
 import argparse
@@ -31,8 +33,8 @@ from jaxprune import bench, train  # noqa: E402
 
 #: Products per timed call (XLA: one ``fori_loop``; the libraries: a Python loop).
 CALL = 10
-#: Seconds of rest before each timed call: the libraries' worker threads spin for a while
-#: after their last product, and would otherwise slow whichever implementation runs next.
+#: Seconds of rest before each timed call, so that worker threads still spinning after one
+#: library's last product do not share the cores with the next library's.
 REST = 0.3
 
 
@@ -57,6 +59,7 @@ def xla_product(a, b, options):
 
 
 def numpy_product(a, b):
+    """``np.matmul(a, b, out=)`` CALL times."""
     a, b = np.asarray(a).copy(), np.asarray(b).copy()
     out = np.empty((a.shape[0], b.shape[1]), a.dtype)
 
@@ -67,6 +70,7 @@ def numpy_product(a, b):
 
 
 def torch_product(a, b, threads):
+    """``torch.matmul(a, b, out=)`` CALL times on ``threads`` threads."""
     import torch
 
     torch.set_num_threads(threads)
