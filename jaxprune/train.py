@@ -15,6 +15,7 @@ whole chunk in its matrix-product layout, directly or, where d >> n, in the kern
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pkgutil
 from typing import Any, NamedTuple
@@ -230,8 +231,9 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #     W <- M * (W - Dn Z - ds 1_S^T),   Dn = eta dL/dP,  ds = eta dL/dc / sqrt(s)
 # with the learning rate folded into the small (F x n) factor Dn.
 #
-# "direct": the gradient product and the update run block by block (about 4 MiB of W each), so
-# no W-sized temporary exists.
+# "direct": a step runs block by block of whole groups (about 1 MiB of W each): the block's
+# forward product, loss factors and update back to back, while its W and its copy of Z^T are
+# in cache; the update runs in blocks of about 4 MiB of W, so no W-sized temporary exists.
 #
 # "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
@@ -245,6 +247,11 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #: Bytes of W that one block of the GD update covers (on the CPU of ``benchmarks/RESULTS.md``,
 #: 4 MiB ran up to 20 % faster than 1 MiB in 7 of 10 cases, and at most 5 % slower).
 BLOCK_BYTES = 1 << 22
+
+#: Bytes of W of one block of groups of a direct step (on the same CPU, with one run per seed,
+#: blocks of 0.4-0.8 MB ran 1.06-1.2x faster than the whole chunk at once, and 4-16 MB
+#: 0.9-1.0x; ``benchmarks/RESULTS.md``).
+GROUP_BLOCK_BYTES = 1 << 20
 
 
 class _DirectCarry(NamedTuple):
@@ -273,14 +280,18 @@ def _largest_divisor(total: int, at_most: int) -> int:
     return max(k for k in range(1, max(1, min(total, at_most)) + 1) if total % k == 0)
 
 
+def _run_weight_bytes(static: Static) -> int:
+    """Bytes of one run's weights ``(2, m, d)``."""
+    return 2 * static.width * static.d * static.float_dtype.itemsize
+
+
 def _run_blocks(static: Static, block_bytes: int) -> tuple[int, int]:
     """``(axis, k)``: blocks of about ``block_bytes`` of W, k runs of the one group (axis 1)
     when S = 1, k whole groups (axis 0) otherwise."""
     S, G = static.groups, static.group_size
-    run_bytes = 2 * static.width * static.d * static.float_dtype.itemsize
     if S == 1:
-        return 1, _largest_divisor(G, block_bytes // run_bytes)
-    return 0, _largest_divisor(S, block_bytes // (G * run_bytes))
+        return 1, _largest_divisor(G, block_bytes // _run_weight_bytes(static))
+    return 0, _largest_divisor(S, block_bytes // (G * _run_weight_bytes(static)))
 
 
 def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int):
@@ -331,17 +342,30 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
     return step_noise, step_support, b, carry.diverged | ~finite
 
 
-def _direct_step(carry: _DirectCarry, mask, noise_t, params, train: Samples, static: Static,
-                 block_bytes: int) -> _DirectCarry:
-    """One step; ``noise_t`` is ``Z^T`` ``(S, d, n)``, a copy made once per segment: with S > 1
-    XLA:CPU's batched products ran 20-30 % faster with it than with ``Z`` transposed inside
-    the product, and as fast with S = 1 (``benchmarks/RESULTS.md``)."""
-    w = carry.w
-    noise_proj = jnp.einsum("sfd,sdn->sfn", w, noise_t)
-    step_noise, step_support, b, diverged = _gd_factors(
-        noise_proj, _support_sum(w, static), carry, params, train, static)
-    w = _blocked_update(w, step_noise, step_support, mask, train.noise, static, block_bytes)
-    return _DirectCarry(w, b, diverged)
+def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
+                 block_bytes: int, group_block_bytes: int) -> _DirectCarry:
+    """One step, in blocks of k whole groups (about ``group_block_bytes`` of W). A block's
+    ``Z^T`` is a copy of its k groups' noise: XLA:CPU's batched products ran 20-30 % faster
+    with ``Z`` transposed first than transposed inside the product (``benchmarks/RESULTS.md``),
+    and a block's copy is small."""
+    G = static.group_size
+    k = _largest_divisor(static.groups, group_block_bytes // (G * _run_weight_bytes(static)))
+    part = dataclasses.replace(static, groups=k)
+
+    def block(i, c: _DirectCarry) -> _DirectCarry:
+        cut = lambda a: jax.lax.dynamic_slice_in_dim(a, i * k, k)  # noqa: E731
+        put = lambda a, x: jax.lax.dynamic_update_slice_in_dim(a, x, i * k, 0)  # noqa: E731
+        w, z = cut(c.w), cut(train.noise)
+        mine = _DirectCarry(w, None if c.b is None else cut(c.b), cut(c.diverged))
+        noise_proj = jnp.einsum("sfd,sdn->sfn", w, jnp.swapaxes(z, 1, 2))
+        step_noise, step_support, b, diverged = _gd_factors(
+            noise_proj, _support_sum(w, part), mine, jax.tree.map(cut, params),
+            jax.tree.map(cut, train), part)
+        w = _blocked_update(w, step_noise, step_support, cut(mask), z, part, block_bytes)
+        return _DirectCarry(put(c.w, w), None if c.b is None else put(c.b, b),
+                            put(c.diverged, diverged))
+
+    return jax.lax.fori_loop(0, static.groups // k, block, carry)
 
 
 def _gram(mask, z, static: Static, block_bytes: int) -> Gram:
@@ -382,7 +406,8 @@ def _kernel_step(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, par
 
 def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
              static: Static, gram: Gram | None = None,
-             block_bytes: int = BLOCK_BYTES) -> TrainState:
+             block_bytes: int = BLOCK_BYTES,
+             group_block_bytes: int = GROUP_BLOCK_BYTES) -> TrainState:
     S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
     gemm = lambda a: a.reshape((S, G * 2 * m, d))  # noqa: E731  (free: a row-major reshape)
     by_group = lambda a: a.reshape((S, G) + a.shape[1:])  # noqa: E731
@@ -403,11 +428,10 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
             start)
         w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
     else:
-        noise_t = jnp.swapaxes(z, 1, 2)
         carry = jax.lax.fori_loop(
             0, num_steps,
-            lambda _, c: _direct_step(c, mask, noise_t, params, groups.train, static,
-                                      block_bytes),
+            lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes,
+                                      group_block_bytes),
             _DirectCarry(w, b, diverged))
         w = carry.w
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)

@@ -214,8 +214,9 @@ def test_a_run_does_not_depend_on_its_batch_or_layout(formulation):
 @pytest.mark.parametrize("max_runs", [None, 3])
 @pytest.mark.parametrize("formulation", ["direct", "kernel"])
 def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
-    """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise); blocks
-    smaller than a run's weights still give ``advance``'s numbers."""
+    """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise), and the
+    direct step over blocks of groups; blocks smaller than a run's weights (one run, one group
+    a block) still give ``advance``'s numbers."""
     _, table, _ = build(OPTION_SETS[name])
     chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
     ids, state, _ = run_batched(table, chunk, formulation=formulation)
@@ -223,7 +224,7 @@ def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
     cols = {k: v[ids] for k, v in table.columns.items()}
     params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
     groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
-    blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=1),
+    blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=1, group_block_bytes=1),
                       static_argnames="static")
     state0 = train.init_state(params, groups, static)
     small = blocked(state0, params, groups, jnp.int32(STEPS), static=static)
