@@ -548,8 +548,13 @@ def over_runs(fn, static: Static):
 
 @functools.partial(jax.jit, static_argnames="static")
 def make_groups(seeds: jax.Array, static: Static) -> GroupData:
-    """The data and draws of each of the S seeds, ``(S, ...)``."""
-    return jax.vmap(lambda s: group_data(s, static))(seeds)
+    """The data and draws of each of the S seeds, ``(S, ...)``, made a few seeds at a time
+    (about ``BLOCK_BYTES`` each): the random draws' temporaries then stay small (vmapped over
+    all seeds at once, 1.5x the data; ``benchmarks/RESULTS.md``)."""
+    one = lambda s: group_data(s, static)  # noqa: E731
+    group = jax.eval_shape(one, seeds[0])
+    group_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(group))
+    return jax.lax.map(one, seeds, batch_size=max(1, BLOCK_BYTES // group_bytes))
 
 
 @functools.partial(jax.jit, static_argnames="static")
