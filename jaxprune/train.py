@@ -249,8 +249,8 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 BLOCK_BYTES = 1 << 22
 
 #: Bytes of W of one block of groups of a direct step (on the same CPU, with one run per seed,
-#: blocks of 0.4-0.8 MB ran 1.06-1.2x faster than the whole chunk at once, and 4-16 MB
-#: 0.9-1.0x; ``benchmarks/RESULTS.md``).
+#: 1 MiB blocks ran 1.1-1.35x faster at d = 1000 than one product over the chunk, and as fast
+#: at d = 2000; 4-16 MB blocks 0.9-1.0x; ``benchmarks/RESULTS.md``).
 GROUP_BLOCK_BYTES = 1 << 20
 
 
@@ -345,9 +345,9 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
 def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
                  block_bytes: int, group_block_bytes: int) -> _DirectCarry:
     """One step, in blocks of k whole groups (about ``group_block_bytes`` of W). A block's
-    ``Z^T`` is a copy of its k groups' noise: XLA:CPU's batched products ran 20-30 % faster
-    with ``Z`` transposed first than transposed inside the product (``benchmarks/RESULTS.md``),
-    and a block's copy is small."""
+    ``Z^T`` is a copy of its k groups' noise, small: XLA:CPU's batched products ran 20-30 %
+    faster with ``Z`` transposed first than transposed inside the product (measured over a
+    whole chunk, ``benchmarks/RESULTS.md``)."""
     G = static.group_size
     k = _largest_divisor(static.groups, group_block_bytes // (G * _run_weight_bytes(static)))
     part = dataclasses.replace(static, groups=k)
