@@ -110,3 +110,20 @@ def test_signal_filters_counts_filters_touching_the_support():
     mask[0, 0, 1] = mask[0, 2, 0] = mask[0, 1, 5] = True  # class +1: filters 0 and 2 see it
     mask[1, :, 2:] = True  # class -1: none does
     np.testing.assert_array_equal(masks.signal_filters(jnp.asarray(mask), static), [2, 0])
+
+
+def test_make_groups_in_batches_equals_each_seed_drawn_alone():
+    """``make_groups`` draws a few seeds at a time; every seed's draws are those of
+    ``group_data`` for that seed alone, in full batches and in the remainder."""
+    from jaxprune import train
+
+    static = dataclasses.replace(BASE, n=500, groups=5)
+    seeds = jnp.arange(10, 15, dtype=jnp.uint32)
+    group_bytes = ((static.n + static.n_test) * static.d + 4 * static.width * static.d) * 8
+    batch = train.BLOCK_BYTES // group_bytes
+    assert 1 < batch < static.groups and static.groups % batch  # both paths are exercised
+    got = train.make_groups(seeds, static)
+    for s, seed in enumerate(seeds):
+        alone = group_data(seed, static)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(alone)):
+            np.testing.assert_array_equal(a[s], b)
