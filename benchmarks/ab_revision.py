@@ -6,7 +6,7 @@
 Loads the revision's ``train.py`` beside the working tree's (the rest of the package is the
 working tree's, so the two must share its interfaces), compiles both ``train_steps`` for one
 bench case (``jaxprune.bench.SIZE_SETS``, layout ``shared`` or ``seeds``), then times calls of
-STEPS steps in alternation, the order flipped every repeat, after one warm-up call each.
+STEPS steps in alternation (``bench._interleaved``), after one warm-up call each.
 Prints XLA's temporary bytes of each program, the median run-steps per second, the per-repeat
 speed ratio new / old, and how far apart the final weights are.
 """
@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -46,25 +45,29 @@ def main(rev, size, layout, runs, steps, repeats=12):
     static = bench.case_static(bench.Case(size, d, n, m, runs, layout))
     params, seeds = bench.case_inputs(static)
     groups = train.make_groups(seeds, static)
-    progs = {}
+    programs = {}
     for name, module in (("old", train_at(rev)), ("new", train)):
         state = train.init_state(params, groups, static)
         gram = train.build_gram(state.mask, groups, static)
         compiled = module.train_steps.lower(state, params, groups, jnp.int32(0), static=static,
                                             gram=gram).compile()
-        progs[name] = [compiled, state, gram]
-        temp = compiled.memory_analysis().temp_size_in_bytes
-        print(f"{name}: temp {temp / 1e6:.1f} MB", flush=True)
-    times = {name: [] for name in progs}
-    for rep in range(repeats + 1):
-        for name in (list(progs) if rep % 2 else list(progs)[::-1]):
-            prog = progs[name]
-            start = time.perf_counter()
-            prog[1] = jax.block_until_ready(prog[0](prog[1], params, groups, jnp.int32(steps),
-                                                    gram=prog[2]))
-            if rep:
-                times[name].append(time.perf_counter() - start)
-    for name in progs:
+        print(f"{name}: temp {compiled.memory_analysis().temp_size_in_bytes / 1e6:.1f} MB",
+              flush=True)
+        programs[name] = (compiled, [state], gram)
+
+    def runner(name):
+        compiled, holder, gram = programs[name]
+
+        def run():
+            holder[0] = jax.block_until_ready(compiled(holder[0], params, groups,
+                                                       jnp.int32(steps), gram=gram))
+        return run
+
+    runs_of = {name: runner(name) for name in programs}
+    for run in runs_of.values():
+        run()  # warm-up
+    times = bench._interleaved(runs_of, repeats)
+    for name in programs:
         per_step = statistics.median(times[name]) / steps
         print(f"{size} {layout} R={runs} kernel={static.kernel_step} [{name}] "
               f"{runs / per_step:,.0f} run-steps/s "
@@ -72,7 +75,7 @@ def main(rev, size, layout, runs, steps, repeats=12):
     ratio = sorted(a / b for a, b in zip(times["old"], times["new"]))
     print(f"  new/old speed per repeat: median {statistics.median(ratio):.3f}, "
           f"range {ratio[0]:.3f}-{ratio[-1]:.3f}")
-    w_old, w_new = progs["old"][1].net.w, progs["new"][1].net.w
+    w_old, w_new = programs["old"][1][0].net.w, programs["new"][1][0].net.w
     print(f"  max |w_old - w_new| / max |w_old| = "
           f"{float(jnp.max(jnp.abs(w_old - w_new)) / jnp.max(jnp.abs(w_old))):.2e}")
 

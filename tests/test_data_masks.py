@@ -115,12 +115,11 @@ def test_signal_filters_counts_filters_touching_the_support():
 def test_make_groups_in_batches_equals_each_seed_drawn_alone():
     """``make_groups`` draws a few seeds at a time; every seed's draws are those of
     ``group_data`` for that seed alone, in full batches and in the remainder."""
-    from jaxprune import train
+    from jaxprune import plan, train
 
     static = dataclasses.replace(BASE, n=500, groups=5)
     seeds = jnp.arange(10, 15, dtype=jnp.uint32)
-    group_bytes = ((static.n + static.n_test) * static.d + 4 * static.width * static.d) * 8
-    batch = train.BLOCK_BYTES // group_bytes
+    batch = train.BLOCK_BYTES // plan.group_bytes(static)
     assert 1 < batch < static.groups and static.groups % batch  # both paths are exercised
     got = train.make_groups(seeds, static)
     for s, seed in enumerate(seeds):
