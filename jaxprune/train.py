@@ -139,7 +139,10 @@ def initial_network(p: RunParams, g: GroupData, mask: jax.Array, static: Static)
     if not static.bias:
         return Network(w, None)
     real = jnp.arange(static.width) < p.width
-    b = g.bias_base / jnp.sqrt(p.d.astype(dtype)) if static.init == "uniform_fan_in" else 0.0
+    if static.init == "uniform_fan_in":
+        b = g.bias_base / jnp.sqrt(p.d.astype(dtype))
+    else:
+        b = jnp.zeros(g.bias_base.shape, dtype)
     return Network(w, jnp.where(real, b, 0.0).astype(dtype))
 
 

@@ -35,6 +35,10 @@ OPTION_SETS = {
         data={"d": 40, "n": 8, "n_test": 32, "label_flip": 0.2, "signal_norm": 2.0},
         model={"width": 4}, prune={"fraction": [0.25, 0.7]},
         train={"optimizer": "gd", "learning_rate": 0.1, "steps": STEPS}),
+    # A trained bias with a normal initialization (the bias starts at 0, one per filter).
+    "gd-bias-normal-init": dict(
+        data={"d": 30, "n": 6, "n_test": 20}, model={"width": 3, "bias": True},
+        prune={"fraction": [0.0, 0.5]}),
     # Adam, a fractional power, orthogonal noise, a 3-sparse signal, swept scalars.
     "adam-orthogonal": dict(
         data={"d": 36, "n": 8, "n_test": 24, "noise_orthogonal": True, "signal_support": 3,
