@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import jaxlib
 import optax
 
-from jaxprune import masks
+from jaxprune import cpu_update, masks
 from jaxprune.data import GroupData, Samples, group_data, observed_labels
 from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output,
                             output_from_preactivations, preactivations)
@@ -236,7 +236,9 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #
 # "direct": a step runs block by block of whole groups (about 1 MiB of W each): the block's
 # forward product, loss factors and update back to back, while its W and its copy of Z^T are
-# in cache; the update runs in blocks of about 4 MiB of W, so no W-sized temporary exists.
+# in cache; the update runs in blocks of about 4 MiB of W, so no W-sized temporary exists. On
+# the CPU the update is one OpenBLAS call per block of groups (``cpu_update``) where it can be
+# built: its contraction is only n long, where XLA:CPU's dot is slow.
 #
 # "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
@@ -315,6 +317,20 @@ def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_
     return jax.lax.fori_loop(0, count, block, w)
 
 
+def _masked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int,
+                   native: bool | None = None):
+    """``_blocked_update``, as one OpenBLAS call on the CPU where ``cpu_update`` can build it
+    (``native`` None: wherever available; False: never)."""
+    xla = functools.partial(_blocked_update, static=static, block_bytes=block_bytes)
+    if native is None:
+        native = cpu_update.available(static.float_dtype)
+    if not native:
+        return xla(w, step_noise, step_support, mask, z)
+    blas = functools.partial(cpu_update.masked_update, support=static.signal_support)
+    return jax.lax.platform_dependent(w, step_noise, step_support, mask, z, cpu=blas,
+                                      default=xla)
+
+
 def _support_sum(w: jax.Array, static: Static) -> jax.Array:
     """``<W_f, 1_S>`` of every filter: ``(..., F)``."""
     return jnp.sum(w[..., :static.signal_support], axis=-1)
@@ -346,7 +362,8 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
 
 
 def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
-                 block_bytes: int, group_block_bytes: int) -> _DirectCarry:
+                 block_bytes: int, group_block_bytes: int,
+                 native: bool | None) -> _DirectCarry:
     """One step, in blocks of k whole groups (about ``group_block_bytes`` of W). A block's
     ``Z^T`` is a copy of its k groups' noise, small: XLA:CPU's batched products ran 20-30 %
     faster with ``Z`` transposed first than transposed inside the product (measured over a
@@ -364,7 +381,8 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
         step_noise, step_support, b, diverged = _gd_factors(
             noise_proj, _support_sum(w, part), mine, jax.tree.map(cut, params),
             jax.tree.map(cut, train), part)
-        w = _blocked_update(w, step_noise, step_support, cut(mask), z, part, block_bytes)
+        w = _masked_update(w, step_noise, step_support, cut(mask), z, part, block_bytes,
+                           native)
         return _DirectCarry(put(c.w, w), None if c.b is None else put(c.b, b),
                             put(c.diverged, diverged))
 
@@ -410,7 +428,8 @@ def _kernel_step(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, par
 def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
              static: Static, gram: Gram | None = None,
              block_bytes: int = BLOCK_BYTES,
-             group_block_bytes: int = GROUP_BLOCK_BYTES) -> TrainState:
+             group_block_bytes: int = GROUP_BLOCK_BYTES,
+             native: bool | None = None) -> TrainState:
     S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
     gemm = lambda a: a.reshape((S, G * 2 * m, d))  # noqa: E731  (free: a row-major reshape)
     by_group = lambda a: a.reshape((S, G) + a.shape[1:])  # noqa: E731
@@ -429,12 +448,12 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
             0, num_steps, lambda _, c: _kernel_step(c, gram, noise_proj0, support_sum0, params,
                                                     groups.train, static),
             start)
-        w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
+        w = _masked_update(w, carry.a, carry.support, mask, z, static, block_bytes, native)
     else:
         carry = jax.lax.fori_loop(
             0, num_steps,
             lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes,
-                                      group_block_bytes),
+                                      group_block_bytes, native),
             _DirectCarry(w, b, diverged))
         w = carry.w
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)

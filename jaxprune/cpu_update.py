@@ -1,0 +1,134 @@
+"""The plain-GD weight update as one BLAS call on the CPU (an XLA FFI custom call).
+
+    W <- where(M, W - Dn Z - [k < s] ds, 0)
+
+is a product with a contraction only n long (n = 100 at paper sizes), where XLA:CPU's own dot
+reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
+(``benchmarks/RESULTS.md``). ``cpu_update.cc`` does it as an sgemm with beta = 1 into W, then
+the mask, in blocks of rows that stay in cache. It is built on first use with the machine's
+C++ compiler against jaxlib's FFI headers, cached, and calls the OpenBLAS that numpy ships.
+
+Where any of that is missing (no compiler, no ILP64 OpenBLAS in numpy, float64, another
+platform) the step falls back to XLA's own product, which gives the same numbers to float
+rounding; ``status()`` says which one runs and why. ``JAXPRUNE_NATIVE_UPDATE=0`` turns the
+native update off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+import numpy as np
+
+__all__ = ["available", "status", "masked_update"]
+
+TARGET = "jaxprune_masked_update"
+SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
+#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits.
+FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing")
+#: (file pattern under numpy's folder, cblas_sgemm symbol) of the ILP64 OpenBLAS numpy wheels
+#: ship: numpy >= 2 (scipy-openblas) and numpy 1.26.
+OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
+            (".dylibs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
+            ("../numpy.libs/libopenblas64_*", "cblas_sgemm64_"),
+            (".dylibs/libopenblas64_*", "cblas_sgemm64_"))
+
+
+class Unavailable(Exception):
+    """Why the native update cannot run here."""
+
+
+def _cache_dir() -> pathlib.Path:
+    root = os.environ.get("JAXPRUNE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxprune")
+    return pathlib.Path(root)
+
+
+def _openblas() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
+    """The ILP64 ``cblas_sgemm`` of the OpenBLAS inside numpy's wheel, and its
+    ``openblas_set_num_threads_local``: each of XLA's threads runs a one-thread sgemm (with
+    OpenBLAS's own threads beside XLA's, the step ran 2.5x slower on 2 cores)."""
+    root = pathlib.Path(np.__file__).parent
+    for pattern, symbol in OPENBLAS:
+        for path in sorted(root.glob(pattern)):
+            lib = ctypes.CDLL(str(path))
+            if not hasattr(lib, symbol):
+                continue
+            if not hasattr(lib, "openblas_set_num_threads_local"):
+                raise Unavailable(f"{path.name} is older than OpenBLAS 0.3.27 "
+                                  "(no openblas_set_num_threads_local)")
+            return getattr(lib, symbol), lib.openblas_set_num_threads_local
+    raise Unavailable("numpy carries no ILP64 OpenBLAS (a numpy wheel from PyPI does)")
+
+
+def _build() -> pathlib.Path:
+    """The compiled library, from the cache or built now (atomically, so that processes
+    building at once do not read each other's half-written file)."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise Unavailable("no C++ compiler (c++ or g++ on PATH, or $CXX)")
+    include = jax.ffi.include_dir()
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), compiler.encode(),
+                                     " ".join(FLAGS).encode()])).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_update-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = pathlib.Path(scratch) / target.name
+        result = subprocess.run([compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise Unavailable(f"{compiler} failed to build {SOURCE.name}: "
+                              f"{result.stderr.strip()[-2000:]}")
+        os.replace(built, target)
+    return target
+
+
+@functools.cache
+def _load() -> str:
+    """Builds, loads and registers the custom call once; returns what runs, or raises
+    ``Unavailable``."""
+    if os.environ.get("JAXPRUNE_NATIVE_UPDATE", "1") == "0":
+        raise Unavailable("turned off by JAXPRUNE_NATIVE_UPDATE=0")
+    sgemm, set_threads_local = _openblas()
+    path = _build()
+    lib = ctypes.CDLL(str(path))
+    lib.jaxprune_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
+                          ctypes.cast(set_threads_local, ctypes.c_void_p))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.jaxprune_masked_update),
+                                platform="cpu")
+    return f"native: {sgemm.__name__} of numpy's OpenBLAS, built at {path}"
+
+
+def status() -> str:
+    """Which update the CPU step runs: "native: ..." or "XLA: <why not native>"."""
+    try:
+        return _load()
+    except Unavailable as why:
+        return f"XLA: {why}"
+
+
+def available(dtype=np.float32) -> bool:
+    """Whether the native update can run for weights of ``dtype`` (float32 only)."""
+    return np.dtype(dtype) == np.float32 and status().startswith("native")
+
+
+def masked_update(w, step_noise, step_support, mask, z, support: int) -> jax.Array:
+    """``where(M, W - Dn Z - [k < s] ds, 0)`` in place of W, on the CPU only (pair it with
+    the XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, Dn
+    ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``."""
+    _load()
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(w.shape, w.dtype),
+                            input_output_aliases={0: 0})
+    return call(w, step_noise, z, mask, step_support, support=np.int64(support))

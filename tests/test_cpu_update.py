@@ -1,0 +1,110 @@
+"""The native CPU update (an OpenBLAS call through XLA's FFI) against XLA's own update and a
+float64 numpy computation, and its fallbacks."""
+
+import dataclasses
+import functools
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_dict
+from jaxprune import cpu_update, train
+from jaxprune.config import sweep_from_dict
+from jaxprune.plan import plan_chunks
+from jaxprune.spec import run_params_from_table
+
+
+@pytest.fixture(scope="module")
+def native():
+    """The native update must build wherever a C++ compiler is on PATH (as in CI)."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on PATH: the native update cannot be built here")
+    assert cpu_update.available(), cpu_update.status()
+
+
+def update_inputs(S, F, n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((S, F, d)) < 0.6
+    w = np.where(mask, rng.standard_normal((S, F, d)), 0.0).astype(np.float32)
+    step_noise = (0.1 * rng.standard_normal((S, F, n))).astype(np.float32)
+    z = rng.standard_normal((S, n, d)).astype(np.float32)
+    step_support = rng.standard_normal((S, F, 1)).astype(np.float32)
+    return w, step_noise, step_support, mask, z
+
+
+# F * d * 4 bytes of 1.1 MB per group is three row blocks of the native update (of 100, 100
+# and 98 rows), d = 947 is no multiple of a vector width, S = 3 groups each with their own Z.
+@pytest.mark.parametrize("S, F, n, d, s", [(1, 298, 30, 947, 1), (3, 40, 7, 64, 3),
+                                           (2, 6, 100, 1000, 1)])
+def test_native_update_equals_xla_and_float64(native, S, F, n, d, s):
+    w, step_noise, step_support, mask, z = update_inputs(S, F, n, d)
+    on_support = np.arange(d) < s
+    exact = np.where(mask, w.astype(np.float64)
+                     - np.einsum("san,snd->sad", step_noise.astype(np.float64), z)
+                     - np.where(on_support, step_support.astype(np.float64), 0.0), 0.0)
+    static = dataclasses.replace(_float32_chunk("direct")[0], groups=S, group_size=1, d=d, n=n,
+                                 width=F // 2, signal_support=s)
+    got = jax.jit(functools.partial(cpu_update.masked_update, support=s))(
+        w.copy(), step_noise, step_support, mask, z)
+    xla = jax.jit(functools.partial(train._blocked_update, static=static,
+                                    block_bytes=train.BLOCK_BYTES))(
+        w, step_noise, step_support, mask, z)
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * scale)
+    assert np.all(np.asarray(got)[~mask] == 0.0)  # pruned weights are exact zeros
+    np.testing.assert_allclose(got, xla, rtol=0, atol=1e-6 * scale)
+
+
+def _float32_chunk(formulation, bias=False):
+    raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
+                    model={"width": 5, "bias": bias}, prune={"fraction": [0.0, 0.5, 0.9]},
+                    sweep={"seeds": 3})
+    table = sweep_from_dict(raw).run_table()
+    (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
+    static = dataclasses.replace(chunk.static, formulation=formulation)
+    ids = chunk.runs.reshape(-1)
+    params = jax.tree.map(jnp.asarray, run_params_from_table(
+        {k: v[ids] for k, v in table.columns.items()}, static.float_dtype))
+    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    return static, params, groups
+
+
+@pytest.mark.parametrize("formulation", ["direct", "kernel"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gd_with_native_update_equals_xla_update(native, formulation, bias):
+    """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): the native and
+    XLA updates agree to float32 rounding, and the native run moved as far as XLA's."""
+    static, params, groups = _float32_chunk(formulation, bias)
+    assert static.float_dtype == np.float32 and static.groups == 3
+    state0 = train.init_state(params, groups, static)
+    loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
+    runs = {native: loop(state0, params, groups, jnp.int32(40), static=static, native=native)
+            for native in (True, False)}
+    w, w_xla = np.asarray(runs[True].net.w), np.asarray(runs[False].net.w)
+    moved = np.abs(w_xla - np.asarray(state0.net.w)).max()
+    assert moved > 1e-2
+    np.testing.assert_allclose(w, w_xla, rtol=0, atol=1e-5 * np.abs(w_xla).max())
+    assert np.all(w[~np.asarray(state0.mask)] == 0.0)
+    if bias:
+        np.testing.assert_allclose(runs[True].net.b, runs[False].net.b, rtol=0, atol=1e-5)
+
+
+def test_native_update_is_not_used_for_float64():
+    assert not cpu_update.available(np.float64)
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("JAXPRUNE_NATIVE_UPDATE", "0")
+    with pytest.raises(cpu_update.Unavailable, match="JAXPRUNE_NATIVE_UPDATE=0"):
+        cpu_update._load.__wrapped__()
+
+
+def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXPRUNE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    with pytest.raises(cpu_update.Unavailable, match="false failed to build cpu_update.cc"):
+        cpu_update._build()
+    assert list(tmp_path.iterdir()) == []  # no half-built library left in the cache
