@@ -25,7 +25,7 @@ namespace {
 using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
                        float beta, float* c, int64_t ldc);
-constexpr int kRowMajor = 101, kNoTrans = 111;  // CBLAS_ORDER and CBLAS_TRANSPOSE values
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS_ORDER and CBLAS_TRANSPOSE values
 
 // Rows of W per block: about 512 KiB, which stays in the L2 cache between the product and the
 // masking pass.
@@ -66,17 +66,66 @@ struct Blocks {
   }
 };
 
+// run(0), ..., run(count - 1) on the caller and XLA's intra-op threads; returns when all ran.
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
+  auto blocks = std::make_shared<Blocks>();
+  blocks->count = count;
+  blocks->run = std::move(run);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([blocks] { blocks->Work(); });
+  blocks->Work();
+  std::unique_lock<std::mutex> lock(blocks->mutex);
+  blocks->finished.wait(lock, [&] { return blocks->done.load() == count; });
+}
+
+// Rows of each of `groups` matrices of `rows` rows, cut into blocks of equal size of about
+// kBlockBytes (`row_bytes` a row), never across matrices.
+struct RowBlocks {
+  int64_t per_group, size;
+  RowBlocks(int64_t rows, int64_t row_bytes) {
+    per_group = std::max<int64_t>(1, (rows * row_bytes + kBlockBytes - 1) / kBlockBytes);
+    size = (rows + per_group - 1) / per_group;
+  }
+};
+
+ffi::Error CheckReady(ffi::Span<const int64_t> dims) {
+  if (sgemm == nullptr || set_threads_local == nullptr) {
+    return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "jaxprune: BLAS was not set");
+  }
+  if (dims.size() != 3) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxprune: W must be (S, F, d)");
+  }
+  return ffi::Error::Success();
+}
+
+// out (S, F, n) = W (S, F, d) @ Z (S, n, d)^T
+ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> noise,
+                       ffi::ResultBuffer<ffi::F32> out) {
+  const auto dims = w.dimensions();
+  if (auto error = CheckReady(dims); error.failure()) return error;
+  const int64_t groups = dims[0], rows = dims[1], d = dims[2];
+  const int64_t n = noise.dimensions()[1];
+  const float* a = w.typed_data();
+  const float* z = noise.typed_data();
+  float* p = out->typed_data();
+  const RowBlocks blocks(rows, d * sizeof(float));
+  ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
+    const int64_t g = i / blocks.per_group, r = (i % blocks.per_group) * blocks.size;
+    const int64_t first = g * rows + r, count = std::min(blocks.size, rows - r);
+    if (count <= 0) return;
+    sgemm(kRowMajor, kNoTrans, kTrans, count, n, d, 1.0f, a + first * d, d, z + g * n * d, d,
+          0.0f, p + first * n, n);
+  });
+  return ffi::Error::Success();
+}
+
+// out (S, F, d) = where(M, W - Dn Z - [k < s] ds, 0), out aliasing W
 ffi::Error MaskedUpdate(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
                         ffi::Buffer<ffi::F32> step_noise, ffi::Buffer<ffi::F32> noise,
                         ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> step_support,
                         ffi::ResultBuffer<ffi::F32> out, int64_t support) {
-  if (sgemm == nullptr || set_threads_local == nullptr) {
-    return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "jaxprune: BLAS was not set");
-  }
   const auto dims = w.dimensions();
-  if (dims.size() != 3 || step_noise.dimensions().size() != 3) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxprune: W must be (S, F, d)");
-  }
+  if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], rows = dims[1], d = dims[2];
   const int64_t n = step_noise.dimensions()[2];
   const float* w_in = w.typed_data();
@@ -86,15 +135,10 @@ ffi::Error MaskedUpdate(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   const float* z = noise.typed_data();
   const auto* keep = reinterpret_cast<const uint8_t*>(mask.typed_data());
   const float* shift = step_support.typed_data();
-  // Blocks of equal size, about kBlockBytes each, never across groups.
-  const int64_t per_group = (rows * d * int64_t{sizeof(float)} + kBlockBytes - 1) / kBlockBytes;
-  const int64_t block = (rows + per_group - 1) / per_group;
-
-  auto blocks = std::make_shared<Blocks>();
-  blocks->count = groups * per_group;
-  blocks->run = [=](int64_t i) {
-    const int64_t g = i / per_group, r = (i % per_group) * block;
-    const int64_t first = g * rows + r, count = std::min(block, rows - r);
+  const RowBlocks blocks(rows, d * sizeof(float));
+  ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
+    const int64_t g = i / blocks.per_group, r = (i % blocks.per_group) * blocks.size;
+    const int64_t first = g * rows + r, count = std::min(blocks.size, rows - r);
     if (count <= 0) return;
     float* c = w_out + first * d;
     sgemm(kRowMajor, kNoTrans, kNoTrans, count, d, n, -1.0f, a + first * n, n, z + g * n * d,
@@ -102,12 +146,7 @@ ffi::Error MaskedUpdate(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
     for (int64_t j = 0; j < count; ++j) {
       MaskRow(c + j * d, keep + (first + j) * d, shift[first + j], support, d);
     }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), blocks->count) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([blocks] { blocks->Work(); });
-  blocks->Work();
-  std::unique_lock<std::mutex> lock(blocks->mutex);
-  blocks->finished.wait(lock, [&] { return blocks->done.load() == blocks->count; });
+  });
   return ffi::Error::Success();
 }
 
@@ -128,3 +167,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_masked_update, MaskedUpdate,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // ds
                                   .Ret<ffi::Buffer<ffi::F32>>()   // new W (aliases W)
                                   .Attr<int64_t>("support"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_projections, Projections,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // W
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // Z
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // W Z^T

@@ -1,17 +1,21 @@
-"""The plain-GD weight update as one BLAS call on the CPU (an XLA FFI custom call).
+"""The two matrix products of a plain-GD step as OpenBLAS calls on the CPU (XLA FFI custom
+calls):
 
-    W <- where(M, W - Dn Z - [k < s] ds, 0)
+    P = W Z^T                                   (the forward product, per group)
+    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update)
 
-is a product with a contraction only n long (n = 100 at paper sizes), where XLA:CPU's own dot
+The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
-(``benchmarks/RESULTS.md``). ``cpu_update.cc`` does it as an sgemm with beta = 1 into W, then
-the mask, in blocks of rows that stay in cache. It is built on first use with the machine's
-C++ compiler against jaxlib's FFI headers, cached, and calls the OpenBLAS that numpy ships.
+(``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
+W, then the mask, in blocks of rows that stay in cache; the blocks run on XLA's own threads.
+It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
+(``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
+wheel ships.
 
 Where any of that is missing (no compiler, no ILP64 OpenBLAS in numpy, float64, another
-platform) the step falls back to XLA's own product, which gives the same numbers to float
-rounding; ``status()`` says which one runs and why. ``JAXPRUNE_NATIVE_UPDATE=0`` turns the
-native update off.
+platform) the step runs XLA's own products, which give the same numbers to float rounding;
+``status()`` says which runs and why. ``JAXPRUNE_NATIVE_UPDATE=0`` turns the native products
+off.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ import jax
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "masked_update"]
+__all__ = ["available", "status", "masked_update", "projections"]
 
-TARGET = "jaxprune_masked_update"
+#: The custom calls of ``cpu_update.cc``.
+TARGETS = ("jaxprune_masked_update", "jaxprune_projections")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
 #: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits.
 FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing")
@@ -106,13 +111,14 @@ def _load() -> str:
     lib = ctypes.CDLL(str(path))
     lib.jaxprune_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
                           ctypes.cast(set_threads_local, ctypes.c_void_p))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.jaxprune_masked_update),
-                                platform="cpu")
+    for target in TARGETS:
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
+                                    platform="cpu")
     return f"native: {sgemm.__name__} of numpy's OpenBLAS, built at {path}"
 
 
 def status() -> str:
-    """Which update the CPU step runs: "native: ..." or "XLA: <why not native>"."""
+    """Which products the CPU step runs: "native: ..." or "XLA: <why not native>"."""
     try:
         return _load()
     except Unavailable as why:
@@ -120,7 +126,7 @@ def status() -> str:
 
 
 def available(dtype=np.float32) -> bool:
-    """Whether the native update can run for weights of ``dtype`` (float32 only)."""
+    """Whether the native products can run for weights of ``dtype`` (float32 only)."""
     return np.dtype(dtype) == np.float32 and status().startswith("native")
 
 
@@ -129,6 +135,14 @@ def masked_update(w, step_noise, step_support, mask, z, support: int) -> jax.Arr
     the XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, Dn
     ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``."""
     _load()
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(w.shape, w.dtype),
+    call = jax.ffi.ffi_call(TARGETS[0], jax.ShapeDtypeStruct(w.shape, w.dtype),
                             input_output_aliases={0: 0})
     return call(w, step_noise, z, mask, step_support, support=np.int64(support))
+
+
+def projections(w, z) -> jax.Array:
+    """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and Z ``(S, n, d)``; on the
+    CPU only."""
+    _load()
+    shape = jax.ShapeDtypeStruct(w.shape[:2] + z.shape[1:2], w.dtype)
+    return jax.ffi.ffi_call(TARGETS[1], shape)(w, z)

@@ -237,8 +237,8 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 # "direct": a step runs block by block of whole groups (about 1 MiB of W each): the block's
 # forward product, loss factors and update back to back, while its W and its copy of Z^T are
 # in cache; the update runs in blocks of about 4 MiB of W, so no W-sized temporary exists. On
-# the CPU the update is one OpenBLAS call per block of groups (``cpu_update``) where it can be
-# built: its contraction is only n long, where XLA:CPU's dot is slow.
+# the CPU both products are OpenBLAS calls per block of groups (``cpu_update``) where they can
+# be built: the update's contraction is only n long, where XLA:CPU's dot is slow.
 #
 # "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
@@ -331,6 +331,19 @@ def _masked_update(w, step_noise, step_support, mask, z, static: Static, block_b
                                       default=xla)
 
 
+def _projections(w, z, native: bool | None, static: Static):
+    """``W Z^T`` of every group, ``(S, F, n)``: one OpenBLAS call on the CPU where
+    ``cpu_update`` can build it, else XLA's batched product with Z transposed first (a copy of
+    a block's noise, small: XLA:CPU's batched products ran 20-30 % faster so than with Z
+    transposed inside the product, ``benchmarks/RESULTS.md``)."""
+    xla = lambda w, z: jnp.einsum("sfd,sdn->sfn", w, jnp.swapaxes(z, 1, 2))  # noqa: E731
+    if native is None:
+        native = cpu_update.available(static.float_dtype)
+    if not native:
+        return xla(w, z)
+    return jax.lax.platform_dependent(w, z, cpu=cpu_update.projections, default=xla)
+
+
 def _support_sum(w: jax.Array, static: Static) -> jax.Array:
     """``<W_f, 1_S>`` of every filter: ``(..., F)``."""
     return jnp.sum(w[..., :static.signal_support], axis=-1)
@@ -364,10 +377,7 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
 def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
                  block_bytes: int, group_block_bytes: int,
                  native: bool | None) -> _DirectCarry:
-    """One step, in blocks of k whole groups (about ``group_block_bytes`` of W). A block's
-    ``Z^T`` is a copy of its k groups' noise, small: XLA:CPU's batched products ran 20-30 %
-    faster with ``Z`` transposed first than transposed inside the product (measured over a
-    whole chunk, ``benchmarks/RESULTS.md``)."""
+    """One step, in blocks of k whole groups (about ``group_block_bytes`` of W)."""
     G = static.group_size
     k = _largest_divisor(static.groups, group_block_bytes // (G * _run_weight_bytes(static)))
     part = dataclasses.replace(static, groups=k)
@@ -377,7 +387,7 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
         put = lambda a, x: jax.lax.dynamic_update_slice_in_dim(a, x, i * k, 0)  # noqa: E731
         w, z = cut(c.w), cut(train.noise)
         mine = _DirectCarry(w, None if c.b is None else cut(c.b), cut(c.diverged))
-        noise_proj = jnp.einsum("sfd,sdn->sfn", w, jnp.swapaxes(z, 1, 2))
+        noise_proj = _projections(w, z, native, part)
         step_noise, step_support, b, diverged = _gd_factors(
             noise_proj, _support_sum(w, part), mine, jax.tree.map(cut, params),
             jax.tree.map(cut, train), part)

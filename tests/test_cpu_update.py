@@ -1,5 +1,5 @@
-"""The native CPU update (an OpenBLAS call through XLA's FFI) against XLA's own update and a
-float64 numpy computation, and its fallbacks."""
+"""The native CPU products of plain GD (OpenBLAS calls through XLA's FFI) against XLA's own
+and a float64 numpy computation, and their fallbacks."""
 
 import dataclasses
 import functools
@@ -58,6 +58,15 @@ def test_native_update_equals_xla_and_float64(native, S, F, n, d, s):
     np.testing.assert_allclose(got, xla, rtol=0, atol=1e-6 * scale)
 
 
+@pytest.mark.parametrize("S, F, n, d", [(1, 298, 30, 947), (3, 40, 7, 64)])
+def test_native_projections_equal_float64(native, S, F, n, d):
+    w, _, _, _, z = update_inputs(S, F, n, d)
+    exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
+    got = jax.jit(cpu_update.projections)(w, z)
+    assert got.shape == (S, F, n)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
 def _float32_chunk(formulation, bias=False):
     raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
                     model={"width": 5, "bias": bias}, prune={"fraction": [0.0, 0.5, 0.9]},
@@ -75,8 +84,8 @@ def _float32_chunk(formulation, bias=False):
 @pytest.mark.parametrize("formulation", ["direct", "kernel"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gd_with_native_update_equals_xla_update(native, formulation, bias):
-    """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): the native and
-    XLA updates agree to float32 rounding, and the native run moved as far as XLA's."""
+    """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
+    products and update, and with XLA's, the weights agree to float32 rounding."""
     static, params, groups = _float32_chunk(formulation, bias)
     assert static.float_dtype == np.float32 and static.groups == 3
     state0 = train.init_state(params, groups, static)
