@@ -179,25 +179,31 @@ def state_and_data_bytes(static) -> tuple[int, int]:
 
 
 def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float32") -> dict:
-    """float32 ``jnp.dot`` of two square ``N x N`` matrices: GFLOP/s per size (median of
-    ``repeats``) and the best of them."""
+    """float32 products of two square ``N x N`` matrices, by XLA (``jnp.dot``) and by numpy's
+    BLAS (which ``cpu_update`` calls): GFLOP/s per size (median of ``repeats``) and the best
+    of them all."""
     jax = _jax()
     import jax.numpy as jnp
 
-    dot = jax.jit(jnp.dot)
-    per_size = {}
-    for size in sizes:
-        a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-        b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-        dot(a, b).block_until_ready()
-        dot(a, b).block_until_ready()
+    def gflops(product, a, b, size):
+        product(a, b)
+        product(a, b)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            dot(a, b).block_until_ready()
+            product(a, b)
             times.append(time.perf_counter() - t)
-        per_size[size] = 2.0 * size**3 / statistics.median(times) / 1e9
-    return {"per_size_gflops": per_size, "best_gflops": max(per_size.values())}
+        return 2.0 * size**3 / statistics.median(times) / 1e9
+
+    dot = jax.jit(jnp.dot)
+    per_size, blas = {}, {}
+    for size in sizes:
+        a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+        b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+        per_size[size] = gflops(lambda a, b: dot(a, b).block_until_ready(), a, b, size)
+        blas[size] = gflops(np.matmul, np.asarray(a), np.asarray(b), size)
+    return {"per_size_gflops": per_size, "blas_per_size_gflops": blas,
+            "best_gflops": max(*per_size.values(), *blas.values())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +648,7 @@ def compile_count(d_values=None, n: int = 100, width: int = 50, seeds: int = 4,
 
 def _machine() -> dict:
     jax = _jax()
+    from jaxprune import cpu_update
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -665,6 +672,7 @@ def _machine() -> dict:
             "devices": [str(d) for d in jax.devices()], "torch": torch_version,
             "python": platform.python_version(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "cpu_products": cpu_update.status(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
@@ -779,6 +787,13 @@ def _load_text(load) -> str:
     return "n/a" if load is None else f"{load:.2f}"
 
 
+def _peak_sizes(peak: dict):
+    """``(name, {size: GFLOP/s})`` of each product a peak measurement timed."""
+    yield "jnp.dot", peak["per_size_gflops"]
+    if "blas_per_size_gflops" in peak:  # not in results from before the native products
+        yield "numpy", peak["blas_per_size_gflops"]
+
+
 def format_markdown(result: dict) -> str:
     """The measurements as markdown tables (paste into ``benchmarks/RESULTS.md``)."""
     m = result["machine"]
@@ -791,12 +806,13 @@ def format_markdown(result: dict) -> str:
         f"Load average (1 min): {_load_text(result['load_start'])} at the start, "
         f"{_load_text(result['load_end'])} at the end (2 cores; above about 0.5 other "
         "processes were competing for them and every number below is depressed and noisy).",
-        f"float32 matrix-product peak (best of square jnp.dot sizes, measured at the start and "
-        f"the end): **{peak:.1f} GFLOP/s** (start "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in result["peak"]["start"]["per_size_gflops"].items())
-        + "; end "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in result["peak"]["end"]["per_size_gflops"].items())
+        "float32 matrix-product peak (best of square products by XLA's jnp.dot and numpy's "
+        f"BLAS, measured at the start and the end): **{peak:.1f} GFLOP/s** ("
+        + "; ".join(f"{when} {name} " + ", ".join(f"{k}: {v:.0f}" for k, v in sizes.items())
+                    for when in ("start", "end")
+                    for name, sizes in _peak_sizes(result["peak"][when]))
         + ").",
+        f"The step's CPU products: {m.get('cpu_products', 'XLA (before cpu_update existed)')}.",
         "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
         "less this process's CPU time; 0 = a quiet machine).",
         f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
