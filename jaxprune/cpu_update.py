@@ -88,15 +88,19 @@ def _build() -> pathlib.Path:
     target = _cache_dir() / f"cpu_update-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = pathlib.Path(scratch) / target.name
-        result = subprocess.run([compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)],
-                                capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise Unavailable(f"{compiler} failed to build {SOURCE.name}: "
-                              f"{result.stderr.strip()[-2000:]}")
-        os.replace(built, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = pathlib.Path(scratch) / target.name
+            result = subprocess.run(
+                [compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)],
+                capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                raise Unavailable(f"{compiler} failed to build {SOURCE.name}: "
+                                  f"{result.stderr.strip()[-2000:]}")
+            os.replace(built, target)
+    except (OSError, subprocess.TimeoutExpired) as why:
+        raise Unavailable(f"could not build {SOURCE.name} into {target.parent}: {why}") from why
     return target
 
 
@@ -106,9 +110,14 @@ def _load() -> str:
     ``Unavailable``."""
     if os.environ.get("JAXPRUNE_NATIVE_UPDATE", "1") == "0":
         raise Unavailable("turned off by JAXPRUNE_NATIVE_UPDATE=0")
+    if not hasattr(jax, "ffi"):
+        raise Unavailable(f"jax {jax.__version__} has no jax.ffi (0.4.38 and newer have)")
     sgemm, set_threads_local = _openblas()
     path = _build()
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as why:
+        raise Unavailable(f"cannot load {path} ({why}); delete it to build it again") from why
     lib.jaxprune_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
                           ctypes.cast(set_threads_local, ctypes.c_void_p))
     for target in TARGETS:

@@ -117,3 +117,13 @@ def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
     with pytest.raises(cpu_update.Unavailable, match="false failed to build cpu_update.cc"):
         cpu_update._build()
     assert list(tmp_path.iterdir()) == []  # no half-built library left in the cache
+
+
+def test_an_unloadable_library_in_the_cache_is_named(monkeypatch, tmp_path):
+    """A damaged cached library turns the native products off with a message naming it."""
+    monkeypatch.setenv("JAXPRUNE_CACHE_DIR", str(tmp_path))
+    broken = tmp_path / "cpu_update-broken.so"
+    broken.write_bytes(b"not a library")
+    monkeypatch.setattr(cpu_update, "_build", lambda: broken)
+    with pytest.raises(cpu_update.Unavailable, match="cpu_update-broken.so.*delete it"):
+        cpu_update._load.__wrapped__()
