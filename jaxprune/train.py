@@ -237,8 +237,9 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 # "direct": a step runs block by block of whole groups (about 1 MiB of W each): the block's
 # forward product, loss factors and update back to back, while its W and its copy of Z^T are
 # in cache; the update runs in blocks of about 4 MiB of W, so no W-sized temporary exists. On
-# the CPU both products are OpenBLAS calls per block of groups (``cpu_update``) where they can
-# be built: the update's contraction is only n long, where XLA:CPU's dot is slow.
+# the CPU both products of the direct step are OpenBLAS calls per block of groups
+# (``cpu_update``) where they can be built: the update's contraction is only n long, where
+# XLA:CPU's dot is slow.
 #
 # "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
@@ -458,7 +459,9 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
             0, num_steps, lambda _, c: _kernel_step(c, gram, noise_proj0, support_sum0, params,
                                                     groups.train, static),
             start)
-        w = _masked_update(w, carry.a, carry.support, mask, z, static, block_bytes, native)
+        # XLA's update: once a segment its speed hardly matters, and the native call on the
+        # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
+        w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
     else:
         carry = jax.lax.fori_loop(
             0, num_steps,
