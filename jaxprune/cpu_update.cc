@@ -1,12 +1,12 @@
-// The plain-GD weight update of a chunk as one XLA:CPU custom call (see cpu_update.py):
+// The two matrix products of a plain-GD step as XLA:CPU custom calls (see cpu_update.py):
 //
-//     W <- where(M, W - Dn Z - [k < s] ds, 0)      W, M: (S, F, d)  Dn: (S, F, n)
-//                                                   Z: (S, n, d)     ds: (S, F, 1)
+//     P = W Z^T                                    W, M: (S, F, d)  Z: (S, n, d)
+//     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
 //
-// The product Dn Z is an sgemm with beta = 1 into W itself (the output aliases W), in blocks
-// of rows small enough to stay in cache while the support shift and the mask are applied.
-// sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by
-// jaxprune_set_sgemm before the first call.
+// The update is an sgemm with beta = 1 into W itself (the output aliases W), in blocks of rows
+// small enough to stay in cache while the support shift and the mask are applied. The blocks
+// run on XLA's intra-op threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's
+// OpenBLAS) and handed over by jaxprune_set_blas before the first call.
 
 #include <algorithm>
 #include <atomic>
@@ -25,7 +25,8 @@ namespace {
 using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
                        float beta, float* c, int64_t ldc);
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS_ORDER and CBLAS_TRANSPOSE values
+// CBLAS_ORDER and CBLAS_TRANSPOSE values.
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 // Rows of W per block: about 512 KiB, which stays in the L2 cache between the product and the
 // masking pass.
@@ -36,7 +37,7 @@ int (*set_threads_local)(int) = nullptr;  // openblas_set_num_threads_local
 
 // One row of W after its product: subtract ds on the signal support, then zero the pruned
 // entries. The mask is applied to the float's bits (AND with 0 or ~0): a select on a bool
-// does not vectorize with GCC and ran 15x slower on random masks.
+// does not vectorize with GCC 12 and ran 17x slower on random masks.
 void MaskRow(float* row, const uint8_t* keep, float shift, int64_t support, int64_t d) {
   for (int64_t k = 0; k < support; ++k) row[k] -= shift;
   uint32_t* bits = reinterpret_cast<uint32_t*>(row);  // built with -fno-strict-aliasing
@@ -78,13 +79,22 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
   blocks->finished.wait(lock, [&] { return blocks->done.load() == count; });
 }
 
-// Rows of each of `groups` matrices of `rows` rows, cut into blocks of equal size of about
+// The rows of each of S matrices of `rows` rows, cut into blocks of equal size of about
 // kBlockBytes (`row_bytes` a row), never across matrices.
 struct RowBlocks {
-  int64_t per_group, size;
-  RowBlocks(int64_t rows, int64_t row_bytes) {
-    per_group = std::max<int64_t>(1, (rows * row_bytes + kBlockBytes - 1) / kBlockBytes);
-    size = (rows + per_group - 1) / per_group;
+  struct Block {
+    int64_t group, first, count;  // first: a row index over all S matrices
+  };
+  int64_t rows, per_group, size;
+
+  RowBlocks(int64_t rows, int64_t row_bytes)
+      : rows(rows),
+        per_group(std::max<int64_t>(1, (rows * row_bytes + kBlockBytes - 1) / kBlockBytes)),
+        size((rows + per_group - 1) / per_group) {}
+
+  Block operator[](int64_t i) const {
+    const int64_t group = i / per_group, r = (i % per_group) * size;
+    return {group, group * rows + r, std::max<int64_t>(0, std::min(size, rows - r))};
   }
 };
 
@@ -99,8 +109,8 @@ ffi::Error CheckReady(ffi::Span<const int64_t> dims) {
 }
 
 // out (S, F, n) = W (S, F, d) @ Z (S, n, d)^T
-ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> noise,
-                       ffi::ResultBuffer<ffi::F32> out) {
+ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> noise, ffi::ResultBuffer<ffi::F32> out) {
   const auto dims = w.dimensions();
   if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], rows = dims[1], d = dims[2];
@@ -110,9 +120,8 @@ ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffe
   float* p = out->typed_data();
   const RowBlocks blocks(rows, d * sizeof(float));
   ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
-    const int64_t g = i / blocks.per_group, r = (i % blocks.per_group) * blocks.size;
-    const int64_t first = g * rows + r, count = std::min(blocks.size, rows - r);
-    if (count <= 0) return;
+    const auto [g, first, count] = blocks[i];
+    if (count == 0) return;
     sgemm(kRowMajor, kNoTrans, kTrans, count, n, d, 1.0f, a + first * d, d, z + g * n * d, d,
           0.0f, p + first * n, n);
   });
@@ -137,9 +146,8 @@ ffi::Error MaskedUpdate(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   const float* shift = step_support.typed_data();
   const RowBlocks blocks(rows, d * sizeof(float));
   ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
-    const int64_t g = i / blocks.per_group, r = (i % blocks.per_group) * blocks.size;
-    const int64_t first = g * rows + r, count = std::min(blocks.size, rows - r);
-    if (count <= 0) return;
+    const auto [g, first, count] = blocks[i];
+    if (count == 0) return;
     float* c = w_out + first * d;
     sgemm(kRowMajor, kNoTrans, kNoTrans, count, d, n, -1.0f, a + first * n, n, z + g * n * d,
           d, 1.0f, c, d);

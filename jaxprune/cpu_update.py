@@ -49,7 +49,7 @@ OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
 
 
 class Unavailable(Exception):
-    """Why the native update cannot run here."""
+    """Why the native products cannot run here."""
 
 
 def _cache_dir() -> pathlib.Path:

@@ -318,31 +318,19 @@ def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_
     return jax.lax.fori_loop(0, count, block, w)
 
 
-def _masked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int,
-                   native: bool | None = None):
-    """``_blocked_update``, as one OpenBLAS call on the CPU where ``cpu_update`` can build it
-    (``native`` None: wherever available; False: never)."""
-    xla = functools.partial(_blocked_update, static=static, block_bytes=block_bytes)
-    if native is None:
-        native = cpu_update.available(static.float_dtype)
-    if not native:
-        return xla(w, step_noise, step_support, mask, z)
-    blas = functools.partial(cpu_update.masked_update, support=static.signal_support)
-    return jax.lax.platform_dependent(w, step_noise, step_support, mask, z, cpu=blas,
-                                      default=xla)
+def _xla_projections(w, z):
+    """``W Z^T`` of every group, ``(S, F, n)``, with Z transposed first (a copy of a block's
+    noise, small: XLA:CPU's batched products ran 20-30 % faster so than with Z transposed
+    inside the product, ``benchmarks/RESULTS.md``)."""
+    return jnp.einsum("sfd,sdn->sfn", w, jnp.swapaxes(z, 1, 2))
 
 
-def _projections(w, z, native: bool | None, static: Static):
-    """``W Z^T`` of every group, ``(S, F, n)``: one OpenBLAS call on the CPU where
-    ``cpu_update`` can build it, else XLA's batched product with Z transposed first (a copy of
-    a block's noise, small: XLA:CPU's batched products ran 20-30 % faster so than with Z
-    transposed inside the product, ``benchmarks/RESULTS.md``)."""
-    xla = lambda w, z: jnp.einsum("sfd,sdn->sfn", w, jnp.swapaxes(z, 1, 2))  # noqa: E731
-    if native is None:
-        native = cpu_update.available(static.float_dtype)
+def _native_or_xla(native: bool, cpu, xla, *args):
+    """``cpu(*args)``, a ``cpu_update`` call, where ``native`` and the program runs on the
+    CPU; ``xla(*args)`` otherwise."""
     if not native:
-        return xla(w, z)
-    return jax.lax.platform_dependent(w, z, cpu=cpu_update.projections, default=xla)
+        return xla(*args)
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=xla)
 
 
 def _support_sum(w: jax.Array, static: Static) -> jax.Array:
@@ -376,9 +364,9 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
 
 
 def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
-                 block_bytes: int, group_block_bytes: int,
-                 native: bool | None) -> _DirectCarry:
-    """One step, in blocks of k whole groups (about ``group_block_bytes`` of W)."""
+                 block_bytes: int, group_block_bytes: int, native: bool) -> _DirectCarry:
+    """One step, in blocks of k whole groups (about ``group_block_bytes`` of W); ``native``:
+    the products as ``cpu_update`` calls on the CPU."""
     G = static.group_size
     k = _largest_divisor(static.groups, group_block_bytes // (G * _run_weight_bytes(static)))
     part = dataclasses.replace(static, groups=k)
@@ -388,12 +376,14 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
         put = lambda a, x: jax.lax.dynamic_update_slice_in_dim(a, x, i * k, 0)  # noqa: E731
         w, z = cut(c.w), cut(train.noise)
         mine = _DirectCarry(w, None if c.b is None else cut(c.b), cut(c.diverged))
-        noise_proj = _projections(w, z, native, part)
+        noise_proj = _native_or_xla(native, cpu_update.projections, _xla_projections, w, z)
         step_noise, step_support, b, diverged = _gd_factors(
             noise_proj, _support_sum(w, part), mine, jax.tree.map(cut, params),
             jax.tree.map(cut, train), part)
-        w = _masked_update(w, step_noise, step_support, cut(mask), z, part, block_bytes,
-                           native)
+        w = _native_or_xla(
+            native, functools.partial(cpu_update.masked_update, support=part.signal_support),
+            functools.partial(_blocked_update, static=part, block_bytes=block_bytes),
+            w, step_noise, step_support, cut(mask), z)
         return _DirectCarry(put(c.w, w), None if c.b is None else put(c.b, b),
                             put(c.diverged, diverged))
 
@@ -441,7 +431,11 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
              block_bytes: int = BLOCK_BYTES,
              group_block_bytes: int = GROUP_BLOCK_BYTES,
              native: bool | None = None) -> TrainState:
+    """Plain GD of the chunk; ``native``: the direct step's products as ``cpu_update`` calls
+    on the CPU (None: wherever they can run)."""
     S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
+    if native is None:
+        native = cpu_update.available(static.float_dtype)
     gemm = lambda a: a.reshape((S, G * 2 * m, d))  # noqa: E731  (free: a row-major reshape)
     by_group = lambda a: a.reshape((S, G) + a.shape[1:])  # noqa: E731
     w, mask, z = gemm(state.net.w), gemm(state.mask), groups.train.noise
