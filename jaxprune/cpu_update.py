@@ -106,7 +106,7 @@ def _build() -> pathlib.Path:
 
 @functools.cache
 def _load() -> str:
-    """Builds, loads and registers the custom call once; returns what runs, or raises
+    """Builds, loads and registers the custom calls once; returns what runs, or raises
     ``Unavailable``."""
     if os.environ.get("JAXPRUNE_NATIVE_UPDATE", "1") == "0":
         raise Unavailable("turned off by JAXPRUNE_NATIVE_UPDATE=0")

@@ -45,7 +45,7 @@ def test_native_update_equals_xla_and_float64(native, S, F, n, d, s):
     exact = np.where(mask, w.astype(np.float64)
                      - np.einsum("san,snd->sad", step_noise.astype(np.float64), z)
                      - np.where(on_support, step_support.astype(np.float64), 0.0), 0.0)
-    static = dataclasses.replace(_float32_chunk("direct")[0], groups=S, group_size=1, d=d, n=n,
+    static = dataclasses.replace(_float32_chunk()[0], groups=S, group_size=1, d=d, n=n,
                                  width=F // 2, signal_support=s)
     got = jax.jit(functools.partial(cpu_update.masked_update, support=s))(
         w.copy(), step_noise, step_support, mask, z)
@@ -67,13 +67,14 @@ def test_native_projections_equal_float64(native, S, F, n, d):
     np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
 
-def _float32_chunk(formulation, bias=False):
+def _float32_chunk(bias=False):
+    """A float32 chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation."""
     raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
                     model={"width": 5, "bias": bias}, prune={"fraction": [0.0, 0.5, 0.9]},
                     sweep={"seeds": 3})
     table = sweep_from_dict(raw).run_table()
     (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
-    static = dataclasses.replace(chunk.static, formulation=formulation)
+    static = dataclasses.replace(chunk.static, formulation="direct")
     ids = chunk.runs.reshape(-1)
     params = jax.tree.map(jnp.asarray, run_params_from_table(
         {k: v[ids] for k, v in table.columns.items()}, static.float_dtype))
@@ -85,7 +86,7 @@ def _float32_chunk(formulation, bias=False):
 def test_gd_with_native_update_equals_xla_update(native, bias):
     """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
     products and update, and with XLA's, the weights agree to float32 rounding."""
-    static, params, groups = _float32_chunk("direct", bias)
+    static, params, groups = _float32_chunk(bias)
     assert static.float_dtype == np.float32 and static.groups == 3
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
