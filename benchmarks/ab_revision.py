@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS]
     .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6
 
-Loads the revision's ``train.py`` beside the working tree's (the rest of the package is the
-working tree's, so the two must share its interfaces), compiles both ``train_steps`` for one
+Loads the revision's ``train.py`` and ``cpu_update.py`` (with its own build of the revision's
+``cpu_update.cc``) beside the working tree's (the rest of the package is the working tree's, so
+the two must share its interfaces), compiles both ``train_steps`` for one
 bench case (``jaxprune.bench.SIZE_SETS``, layout ``shared`` or ``seeds``), then times calls of
 STEPS steps in alternation (``bench._interleaved``), after one warm-up call each.
 Prints XLA's temporary bytes of each program, the median run-steps per second, the per-repeat
@@ -12,6 +13,7 @@ speed ratio new / old, and how far apart the final weights are.
 """
 
 import importlib.util
+import re
 import statistics
 import subprocess
 import sys
@@ -27,15 +29,32 @@ sys.path.insert(0, str(ROOT))
 from jaxprune import bench, train  # noqa: E402
 
 
-def train_at(rev: str):
-    """The module ``jaxprune/train.py`` as it is at ``rev``."""
-    source = subprocess.run(["git", "show", f"{rev}:jaxprune/train.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "train_at_rev.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("train_at_rev", path)
+def _module_at(rev: str, path: str, name: str, folder: Path, edit=lambda source: source):
+    """The module of ``path`` (in the package) as it is at ``rev``, with ``edit`` applied to
+    its source, loaded as ``name`` from a copy in ``folder``."""
+    source = edit(subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
+                                 capture_output=True, text=True).stdout)
+    copy = folder / Path(path).name
+    copy.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, copy)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def train_at(rev: str):
+    """The module ``jaxprune/train.py`` as it is at ``rev``, with the revision's native CPU
+    products (``cpu_update.py`` and its ``.cc``, built into their own library)."""
+    folder = Path(tempfile.mkdtemp())
+    (folder / "cpu_update.cc").write_text(subprocess.run(
+        ["git", "show", f"{rev}:jaxprune/cpu_update.cc"], cwd=ROOT, check=True,
+        capture_output=True, text=True).stdout)
+    module = _module_at(rev, "jaxprune/train.py", "train_at_rev", folder)
+    # The revision's custom calls are registered under their own names ("..._at_rev").
+    rename = lambda source: re.sub(r"(register_ffi_target\(target|ffi_call\(TARGETS\[\d\])",  # noqa: E731
+                                   r'\1 + "_at_rev"', source)
+    module.cpu_update = _module_at(rev, "jaxprune/cpu_update.py", "cpu_update_at_rev", folder,
+                                   rename)
     return module
 
 

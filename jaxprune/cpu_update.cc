@@ -3,10 +3,12 @@
 //     P = W Z^T                                    W, M: (S, F, d)  Z: (S, n, d)
 //     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
 //
-// The update is an sgemm with beta = 1 into W itself (the output aliases W), in blocks of rows
-// small enough to stay in cache while the support shift and the mask are applied. The blocks
-// run on XLA's intra-op threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's
-// OpenBLAS) and handed over by jaxprune_set_blas before the first call.
+// jaxprune_update_project does the update and then, while the block's rows of W are still in
+// cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
+// (W and P are updated in place), in blocks of rows small enough to stay in cache while the
+// support shift, the mask and the projections follow. The blocks run on XLA's intra-op
+// threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over
+// by jaxprune_set_blas before the first call.
 
 #include <algorithm>
 #include <atomic>
@@ -28,8 +30,8 @@ using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n
 // CBLAS_ORDER and CBLAS_TRANSPOSE values.
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
-// Rows of W per block: about 512 KiB, which stays in the L2 cache between the product and the
-// masking pass.
+// Rows of W per block: about 512 KiB, which stays in the L2 cache between the update, the
+// masking pass and the projections.
 constexpr int64_t kBlockBytes = 1 << 19;
 
 Sgemm sgemm = nullptr;
@@ -128,18 +130,24 @@ ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
-// out (S, F, d) = where(M, W - Dn Z - [k < s] ds, 0), out aliasing W
-ffi::Error MaskedUpdate(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
-                        ffi::Buffer<ffi::F32> step_noise, ffi::Buffer<ffi::F32> noise,
-                        ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> step_support,
-                        ffi::ResultBuffer<ffi::F32> out, int64_t support) {
+// w_out = where(M, W - Dn Z - [k < s] ds, 0), then p_out = w_out Z^T where `project` (else
+// P unchanged); w_out aliases W and p_out aliases P.
+ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
+                         ffi::Buffer<ffi::F32> proj, ffi::Buffer<ffi::F32> step_noise,
+                         ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
+                         ffi::Buffer<ffi::F32> step_support, ffi::Buffer<ffi::PRED> project,
+                         ffi::ResultBuffer<ffi::F32> w_out, ffi::ResultBuffer<ffi::F32> p_out,
+                         int64_t support) {
   const auto dims = w.dimensions();
   if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], rows = dims[1], d = dims[2];
   const int64_t n = step_noise.dimensions()[2];
-  const float* w_in = w.typed_data();
-  float* w_out = out->typed_data();
-  if (w_out != w_in) std::copy(w_in, w_in + groups * rows * d, w_out);
+  float* c_all = w_out->typed_data();
+  float* p = p_out->typed_data();
+  // XLA honours the aliases; copies keep the call correct if it ever did not.
+  if (c_all != w.typed_data()) std::copy_n(w.typed_data(), groups * rows * d, c_all);
+  if (p != proj.typed_data()) std::copy_n(proj.typed_data(), groups * rows * n, p);
+  const bool and_project = *project.typed_data();
   const float* a = step_noise.typed_data();
   const float* z = noise.typed_data();
   const auto* keep = reinterpret_cast<const uint8_t*>(mask.typed_data());
@@ -148,11 +156,15 @@ ffi::Error MaskedUpdate(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
     const auto [g, first, count] = blocks[i];
     if (count == 0) return;
-    float* c = w_out + first * d;
-    sgemm(kRowMajor, kNoTrans, kNoTrans, count, d, n, -1.0f, a + first * n, n, z + g * n * d,
-          d, 1.0f, c, d);
+    float* c = c_all + first * d;
+    const float* zg = z + g * n * d;
+    sgemm(kRowMajor, kNoTrans, kNoTrans, count, d, n, -1.0f, a + first * n, n, zg, d, 1.0f, c,
+          d);
     for (int64_t j = 0; j < count; ++j) {
       MaskRow(c + j * d, keep + (first + j) * d, shift[first + j], support, d);
+    }
+    if (and_project) {
+      sgemm(kRowMajor, kNoTrans, kTrans, count, n, d, 1.0f, c, d, zg, d, 0.0f, p + first * n, n);
     }
   });
   return ffi::Error::Success();
@@ -165,15 +177,18 @@ extern "C" void jaxprune_set_blas(void* sgemm_fn, void* set_threads_local_fn) {
   set_threads_local = reinterpret_cast<int (*)(int)>(set_threads_local_fn);
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_masked_update, MaskedUpdate,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_update_project, UpdateProject,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // W
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // P
                                   .Arg<ffi::Buffer<ffi::F32>>()   // Dn
                                   .Arg<ffi::Buffer<ffi::F32>>()   // Z
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // M
                                   .Arg<ffi::Buffer<ffi::F32>>()   // ds
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // project: a scalar
                                   .Ret<ffi::Buffer<ffi::F32>>()   // new W (aliases W)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // new P (aliases P)
                                   .Attr<int64_t>("support"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_projections, Projections,

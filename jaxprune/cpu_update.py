@@ -4,10 +4,15 @@ calls):
     P = W Z^T                                   (the forward product, per group)
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update)
 
+``update_and_project`` does the update and then the next step's P of each block of rows while
+the block is still in cache, so that a step reads W from memory once (on the 2-core CPU the
+two products of a block ran 5-15 % faster so than in two passes, ``benchmarks/RESULTS.md``).
+
 The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
-W, then the mask, in blocks of rows that stay in cache; the blocks run on XLA's own threads.
+W, then the mask and the projections, in blocks of rows that stay in cache; the blocks run on
+XLA's own threads.
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
 wheel ships.
@@ -30,13 +35,14 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "masked_update", "projections"]
+__all__ = ["available", "status", "update_and_project", "projections"]
 
 #: The custom calls of ``cpu_update.cc``.
-TARGETS = ("jaxprune_masked_update", "jaxprune_projections")
+TARGETS = ("jaxprune_update_project", "jaxprune_projections")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
 #: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits.
 FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing")
@@ -139,14 +145,18 @@ def available(dtype=np.float32) -> bool:
     return np.dtype(dtype) == np.float32 and status().startswith("native")
 
 
-def masked_update(w, step_noise, step_support, mask, z, support: int) -> jax.Array:
-    """``where(M, W - Dn Z - [k < s] ds, 0)`` in place of W, on the CPU only (pair it with
-    the XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, Dn
+def update_and_project(w, proj, step_noise, step_support, mask, z, project,
+                       support: int) -> tuple[jax.Array, jax.Array]:
+    """``W' = where(M, W - Dn Z - [k < s] ds, 0)`` and, where the scalar ``project`` is true,
+    ``P' = W' Z^T`` (else ``P' = P``), in place of W and P; on the CPU only (pair it with the
+    XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, P, Dn
     ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``."""
     _load()
-    call = jax.ffi.ffi_call(TARGETS[0], jax.ShapeDtypeStruct(w.shape, w.dtype),
-                            input_output_aliases={0: 0})
-    return call(w, step_noise, z, mask, step_support, support=np.int64(support))
+    call = jax.ffi.ffi_call(TARGETS[0], (jax.ShapeDtypeStruct(w.shape, w.dtype),
+                                         jax.ShapeDtypeStruct(proj.shape, proj.dtype)),
+                            input_output_aliases={0: 0, 1: 1})
+    return call(w, proj, step_noise, z, mask, step_support, jnp.asarray(project, bool),
+                support=np.int64(support))
 
 
 def projections(w, z) -> jax.Array:

@@ -234,12 +234,14 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #     W <- M * (W - Dn Z - ds 1_S^T),   Dn = eta dL/dP,  ds = eta dL/dc / sqrt(s)
 # with the learning rate folded into the small (F x n) factor Dn.
 #
-# "direct": a step runs block by block of whole groups (about 1 MiB of W each): the block's
-# forward product, loss factors and update back to back, while its W and its copy of Z^T are
-# in cache; the update runs in blocks of about 4 MiB of W, so no W-sized temporary exists. On
-# the CPU both products of the direct step are OpenBLAS calls per block of groups
-# (``cpu_update``) where they can be built: the update's contraction is only n long, where
-# XLA:CPU's dot is slow.
+# "direct": with XLA's products a step runs block by block of whole groups (about 1 MiB of W
+# each): the block's forward product, loss factors and update back to back, while its W and its
+# copy of Z^T are in cache; the update runs in blocks of about 4 MiB of W, so no W-sized
+# temporary exists. On the CPU both products are OpenBLAS calls (``cpu_update``) where they
+# can be built, since the update's contraction is only n long, where XLA:CPU's dot is slow:
+# there one call per step updates W and computes the next step's projections of each block of
+# rows while it is in cache, the projections are carried from step to step, and the loss
+# factors of all groups are formed at once between the calls.
 #
 # "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
@@ -325,14 +327,6 @@ def _xla_projections(w, z):
     return jnp.einsum("sfd,sdn->sfn", w, jnp.swapaxes(z, 1, 2))
 
 
-def _native_or_xla(native: bool, cpu, xla, *args):
-    """``cpu(*args)``, a ``cpu_update`` call, where ``native`` and the program runs on the
-    CPU; ``xla(*args)`` otherwise."""
-    if not native:
-        return xla(*args)
-    return jax.lax.platform_dependent(*args, cpu=cpu, default=xla)
-
-
 def _support_sum(w: jax.Array, static: Static) -> jax.Array:
     """``<W_f, 1_S>`` of every filter: ``(..., F)``."""
     return jnp.sum(w[..., :static.signal_support], axis=-1)
@@ -364,9 +358,9 @@ def _gd_factors(noise_proj, support_sum, carry, params: RunParams, train: Sample
 
 
 def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Static,
-                 block_bytes: int, group_block_bytes: int, native: bool) -> _DirectCarry:
-    """One step, in blocks of k whole groups (about ``group_block_bytes`` of W); ``native``:
-    the products as ``cpu_update`` calls on the CPU."""
+                 block_bytes: int, group_block_bytes: int) -> _DirectCarry:
+    """One step with XLA's products, in blocks of k whole groups (about ``group_block_bytes``
+    of W)."""
     G = static.group_size
     k = _largest_divisor(static.groups, group_block_bytes // (G * _run_weight_bytes(static)))
     part = dataclasses.replace(static, groups=k)
@@ -376,18 +370,35 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
         put = lambda a, x: jax.lax.dynamic_update_slice_in_dim(a, x, i * k, 0)  # noqa: E731
         w, z = cut(c.w), cut(train.noise)
         mine = _DirectCarry(w, None if c.b is None else cut(c.b), cut(c.diverged))
-        noise_proj = _native_or_xla(native, cpu_update.projections, _xla_projections, w, z)
+        noise_proj = _xla_projections(w, z)
         step_noise, step_support, b, diverged = _gd_factors(
             noise_proj, _support_sum(w, part), mine, jax.tree.map(cut, params),
             jax.tree.map(cut, train), part)
-        w = _native_or_xla(
-            native, functools.partial(cpu_update.masked_update, support=part.signal_support),
-            functools.partial(_blocked_update, static=part, block_bytes=block_bytes),
-            w, step_noise, step_support, cut(mask), z)
+        w = _blocked_update(w, step_noise, step_support, cut(mask), z, part, block_bytes)
         return _DirectCarry(put(c.w, w), None if c.b is None else put(c.b, b),
                             put(c.diverged, diverged))
 
     return jax.lax.fori_loop(0, static.groups // k, block, carry)
+
+
+def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_steps,
+                        static: Static) -> _DirectCarry:
+    """``num_steps`` steps with the products as ``cpu_update`` calls: P = W Z^T once, then per
+    step the loss factors of all groups from P and one call that updates W and forms the next
+    step's P (none after the last step)."""
+
+    def step(i, c):
+        w, proj, b, diverged = c
+        step_noise, step_support, b, diverged = _gd_factors(
+            proj, _support_sum(w, static), _DirectCarry(w, b, diverged), params, train, static)
+        w, proj = cpu_update.update_and_project(w, proj, step_noise, step_support, mask,
+                                                train.noise, i + 1 < num_steps,
+                                                support=static.signal_support)
+        return w, proj, b, diverged
+
+    proj = cpu_update.projections(carry.w, train.noise)
+    w, _, b, diverged = jax.lax.fori_loop(0, num_steps, step, (carry.w, proj, *carry[1:]))
+    return _DirectCarry(w, b, diverged)
 
 
 def _gram(mask, z, static: Static, block_bytes: int) -> Gram:
@@ -457,11 +468,19 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
         # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
         w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
     else:
-        carry = jax.lax.fori_loop(
-            0, num_steps,
-            lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes,
-                                      group_block_bytes, native),
-            _DirectCarry(w, b, diverged))
+        def xla_loop(carry):
+            return jax.lax.fori_loop(
+                0, num_steps,
+                lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes,
+                                          group_block_bytes),
+                carry)
+
+        def native_loop(carry):
+            return _native_direct_loop(carry, mask, params, groups.train, num_steps, static)
+
+        start = _DirectCarry(w, b, diverged)
+        carry = (jax.lax.platform_dependent(start, cpu=native_loop, default=xla_loop)
+                 if native else xla_loop(start))
         w = carry.w
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)
     return state._replace(net=Network(w.reshape(state.net.w.shape), b),

@@ -39,16 +39,18 @@ def update_inputs(S, F, n, d, seed=0):
 # and 98 rows), d = 947 is no multiple of a vector width, S = 3 groups each with their own Z.
 @pytest.mark.parametrize("S, F, n, d, s", [(1, 298, 30, 947, 1), (3, 40, 7, 64, 3),
                                            (2, 6, 100, 1000, 1)])
-def test_native_update_equals_xla_and_float64(native, S, F, n, d, s):
+def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d, s):
     w, step_noise, step_support, mask, z = update_inputs(S, F, n, d)
     on_support = np.arange(d) < s
     exact = np.where(mask, w.astype(np.float64)
                      - np.einsum("san,snd->sad", step_noise.astype(np.float64), z)
                      - np.where(on_support, step_support.astype(np.float64), 0.0), 0.0)
+    exact_proj = np.einsum("sfd,snd->sfn", exact, z)
     static = dataclasses.replace(_float32_chunk()[0], groups=S, group_size=1, d=d, n=n,
                                  width=F // 2, signal_support=s)
-    got = jax.jit(functools.partial(cpu_update.masked_update, support=s))(
-        w.copy(), step_noise, step_support, mask, z)
+    call = jax.jit(functools.partial(cpu_update.update_and_project, support=s))
+    old_proj = np.full((S, F, n), 7.0, np.float32)
+    got, got_proj = call(w.copy(), old_proj.copy(), step_noise, step_support, mask, z, True)
     xla = jax.jit(functools.partial(train._blocked_update, static=static,
                                     block_bytes=train.BLOCK_BYTES))(
         w, step_noise, step_support, mask, z)
@@ -56,6 +58,12 @@ def test_native_update_equals_xla_and_float64(native, S, F, n, d, s):
     np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * scale)
     assert np.all(np.asarray(got)[~mask] == 0.0)  # pruned weights are exact zeros
     np.testing.assert_allclose(got, xla, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(got_proj, exact_proj, rtol=0,
+                               atol=1e-5 * np.abs(exact_proj).max())
+    # Without projecting, W is updated the same and P is left as it was.
+    same, kept_proj = call(w.copy(), old_proj.copy(), step_noise, step_support, mask, z, False)
+    np.testing.assert_array_equal(same, got)
+    np.testing.assert_array_equal(kept_proj, old_proj)
 
 
 @pytest.mark.parametrize("S, F, n, d", [(1, 298, 30, 947), (3, 40, 7, 64)])
@@ -85,11 +93,16 @@ def _float32_chunk(bias=False):
 @pytest.mark.parametrize("bias", [False, True])
 def test_gd_with_native_update_equals_xla_update(native, bias):
     """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
-    products and update, and with XLA's, the weights agree to float32 rounding."""
+    products (projections carried from step to step) and with XLA's, the weights agree to
+    float32 rounding; so do one step and none."""
     static, params, groups = _float32_chunk(bias)
     assert static.float_dtype == np.float32 and static.groups == 3
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
+    for steps in (0, 1):
+        one = {native: loop(state0, params, groups, jnp.int32(steps), static=static,
+                            native=native).net.w for native in (True, False)}
+        np.testing.assert_allclose(one[True], one[False], rtol=0, atol=1e-6)
     runs = {native: loop(state0, params, groups, jnp.int32(40), static=static, native=native)
             for native in (True, False)}
     w, w_xla = np.asarray(runs[True].net.w), np.asarray(runs[False].net.w)
