@@ -5,8 +5,10 @@ calls):
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update)
 
 ``update_and_project`` does the update and then the next step's P of each block of rows while
-the block is still in cache, so that a step reads W from memory once (on the 2-core CPU the
-two products of a block ran 5-15 % faster so than in two passes, ``benchmarks/RESULTS.md``).
+the block is still in cache, so that a step reads W from memory once (with the loss head of
+all groups at once between the calls, the step ran 1.03-1.06x faster with one seed per chunk
+and 1.20-1.25x with one run per seed than with two calls per block of groups,
+``benchmarks/RESULTS.md``).
 
 The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
