@@ -6,7 +6,7 @@
 //                   tiles over rows of Z, in chunks of `chunk` rows, prefetching the next tile
 //     proj_block:   P = W Z^T, 4 x 3 tiles of dot products along d
 //
-// Build and run: see compare.cc and fused.cc.
+// Build and run: see harness.cc.
 
 #include <immintrin.h>
 #include <cstdint>
