@@ -50,9 +50,11 @@ def train_at(rev: str):
         ["git", "show", f"{rev}:jaxprune/cpu_update.cc"], cwd=ROOT, check=True,
         capture_output=True, text=True).stdout)
     module = _module_at(rev, "jaxprune/train.py", "train_at_rev", folder)
-    # The revision's custom calls are registered under their own names ("..._at_rev").
-    rename = lambda source: re.sub(r"(register_ffi_target\(target|ffi_call\(TARGETS\[\d\])",  # noqa: E731
-                                   r'\1 + "_at_rev"', source)
+
+    def rename(source):  # the revision's custom calls get their own names, "..._at_rev"
+        return re.sub(r"(register_ffi_target\(target|ffi_call\(TARGETS\[\d\])",
+                      r'\1 + "_at_rev"', source)
+
     module.cpu_update = _module_at(rev, "jaxprune/cpu_update.py", "cpu_update_at_rev", folder,
                                    rename)
     return module
