@@ -256,9 +256,9 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 #: 4 MiB ran up to 20 % faster than 1 MiB in 7 of 10 cases, and at most 5 % slower).
 BLOCK_BYTES = 1 << 22
 
-#: Bytes of W of one block of groups of a direct step (on the same CPU, with one run per seed,
-#: 1 MiB blocks ran 1.1-1.35x faster at d = 1000 than one product over the chunk, and as fast
-#: at d = 2000; 4-16 MB blocks 0.9-1.0x; ``benchmarks/RESULTS.md``).
+#: Bytes of W of one block of groups of a direct step with XLA's products (on the same CPU,
+#: with one run per seed, 1 MiB blocks ran 1.1-1.35x faster at d = 1000 than one product over
+#: the chunk, and as fast at d = 2000; 4-16 MB blocks 0.9-1.0x; ``benchmarks/RESULTS.md``).
 GROUP_BLOCK_BYTES = 1 << 20
 
 
