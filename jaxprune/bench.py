@@ -55,7 +55,7 @@ import numpy as np
 
 __all__ = ["SIZE_SETS", "Case", "step_flops", "case_static", "case_inputs", "tree_bytes",
            "state_and_data_bytes", "default_cases", "matmul_peak", "AdvanceRunner",
-           "LoopRunner", "TorchRunner", "load_torch_step", "segment_step_s", "measure_case", "memory_profile",
+           "LoopRunner", "TorchRunner", "load_torch_step", "measure_case", "memory_profile",
            "compile_count", "run", "format_markdown", "add_arguments", "main"]
 
 #: Named sizes: (d, n, width). ``paper-*``: n = 100, width = 50; ``quickstart``: the sizes of
@@ -261,15 +261,6 @@ class AdvanceRunner:
             steps -= segment
         _jax().block_until_ready(self.state)
 
-    def empty_call(self) -> None:
-        """One call of the step program with zero steps: the fixed cost of every call (its
-        loop's set-up and, for the native step, the first projections ``W Z^T``)."""
-        import jax.numpy as jnp
-
-        self.state = self.steps_only(self.state, self.params, self.groups, jnp.int32(0),
-                                     gram=self.gram)
-        _jax().block_until_ready(self.state)
-
     def evaluate(self) -> None:
         """``train.evaluate``: the metrics ``advance`` ends a segment with."""
         _jax().block_until_ready(self.evaluate_only(self.state, self.params, self.groups))
@@ -399,17 +390,6 @@ def _interleaved(segments: dict, repeats: int) -> dict[str, list[float]]:
 MIN_CALL_STEPS = 10
 
 
-def segment_step_s(timed_s: float, call_s: float, steps: int, eval_every: int) -> float:
-    """Seconds per step in the engine's segments of ``eval_every`` steps, from ``steps`` steps
-    timed in calls of at most ``eval_every`` steps, each with the fixed cost ``call_s``:
-    ``timed = ceil(steps / E) c + steps s`` gives ``s + c / E``."""
-    calls = -(-steps // eval_every)
-    marginal = (timed_s - calls * call_s) / steps
-    if marginal <= 0:  # the call's cost is all that was measured (tiny sizes): no correction
-        return timed_s / steps
-    return marginal + call_s / eval_every
-
-
 def _steps_for(seconds_per_step: float, target: float, max_steps: int) -> int:
     return int(max(1, min(max_steps, round(target / max(seconds_per_step, 1e-9)))))
 
@@ -420,14 +400,13 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     """Times the implementations on one case, interleaved; medians of ``repeats``.
 
     Returns:
-      A dict with the case, ``flop_per_run_step``, ``compile_s`` (of ``advance``), ``call_s``
-      (a zero-step call of the step program), ``eval_s`` (``train.evaluate``, which
-      ``advance`` ends each segment with), ``gram_s`` (building the kernel formulation's Gram
-      matrices, once per chunk; None for the direct one), ``other_cores`` (CPU other
-      processes used while timing), and per implementation ``steps`` (per timed segment),
-      ``step_s`` (median seconds per step of all R runs; for ``advance`` in segments of
-      ``eval_every`` steps, ``segment_step_s``), ``run_steps_per_s`` and ``gflops``; or
-      ``skipped`` with the reason.
+      A dict with the case, ``flop_per_run_step``, ``compile_s`` (of ``advance``), ``eval_s``
+      (``train.evaluate``, which ``advance`` ends each segment with), ``gram_s`` (building the
+      kernel formulation's Gram matrices, once per chunk; None for the direct one),
+      ``other_cores`` (CPU other processes used while timing), and per implementation
+      ``steps`` (per timed
+      segment), ``step_s`` (median seconds per step of all R runs), ``run_steps_per_s`` and
+      ``gflops``; or ``skipped`` with the reason.
     """
     log = log or (lambda msg: None)
     static = case_static(case)
@@ -459,12 +438,10 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     probe = _interleaved({k: (lambda f=f, u=unit[k]: f(u)) for k, f in step_fns.items()}, 1)
     steps = {k: unit[k] * _steps_for(t[0], target_s, max(1, max_steps // unit[k]))
              for k, t in probe.items()}
-    # Each call of the step program has a fixed cost (its loop's set-up, the native step's
-    # first projections), which the engine spreads over eval_every steps: time at least
-    # MIN_CALL_STEPS, and a zero-step call to spread its cost as the engine does.
+    # Each call of the step program has a fixed cost (its loop's inputs are set up once per
+    # call), which the engine spreads over eval_every steps: time at least MIN_CALL_STEPS.
     steps["advance"] = max(steps["advance"], min(MIN_CALL_STEPS, static.eval_every))
     segments = {k: (lambda f=f, s=steps[k]: f(s)) for k, f in step_fns.items()}
-    segments["advance_call"] = adv.empty_call
     segments["advance_eval"] = adv.evaluate
     cpu_start = _cpu_sample()
     times = _interleaved(segments, repeats)
@@ -473,14 +450,12 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     flop = step_flops(static)
     out = {"case": dataclasses.asdict(case), "S": static.groups, "G": static.group_size,
            "formulation": "kernel" if static.kernel_step else "direct",
-           "flop_per_run_step": flop, "compile_s": adv.compile_s, "call_s": med["advance_call"],
-           "eval_s": med["advance_eval"],
+           "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
            "gram_s": adv.gram_s,
            "other_cores": other,
            "impls": {}, "skipped": skipped}
     for k in runners:
-        step_s = (segment_step_s(med[k], med["advance_call"], steps[k], static.eval_every)
-                  if k == "advance" else med[k] / steps[k])
+        step_s = med[k] / steps[k]
         out["impls"][k] = {"steps": steps[k], "step_s": step_s,
                            "run_steps_per_s": case.runs / step_s,
                            "gflops": case.runs * flop / step_s / 1e9,
@@ -845,16 +820,12 @@ def format_markdown(result: dict) -> str:
         f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
         "(the forward and gradient products with the noise patches, padded sizes). Rows of "
         "the kernel formulation (column \"step\") do fewer FLOPs: their GFLOP/s is this "
-        "formula's work per second (equivalent throughput) and can exceed the peak. "
-        "advance is timed in calls of K steps (K >= 10 or eval_every) and spread as the "
-        "engine runs it, in segments of E = eval_every steps: per step (t_K - c) / K + c / E, "
-        "c (column \"call s\") the time of a zero-step call (its set-up and first "
-        "projections).",
+        "formula's work per second (equivalent throughput) and can exceed the peak.",
         "",
         "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
         "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
-        "| compile s | call s | eval s | Gram s | others' CPU |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| compile s | eval s | Gram s | others' CPU |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
@@ -867,9 +838,7 @@ def format_markdown(result: dict) -> str:
             f"| {r['S']} x {r['G']} | {r.get('formulation', 'direct')} "
             f"| {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
             f"| {100 * adv['gflops'] / peak:.0f} % | {cell(loop)} | {cell(tor)} | {ratio(tor)} "
-            f"| {ratio(loop)} | {r['compile_s']:.2f} "
-            f"| {'-' if r.get('call_s') is None else format(r['call_s'], '.3f')} "
-            f"| {r['eval_s']:.3f} "
+            f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
             f"| {_cores_text(r.get('other_cores'))} |")
     skipped = {v for r in result["cases"] for v in r["skipped"].values()}

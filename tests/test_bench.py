@@ -83,19 +83,6 @@ def test_torch_step_matches_advance(layout, options):
     assert np.all(impl.weights()[~np.asarray(state0.mask)] == 0.0)
 
 
-def test_segment_step_spreads_the_call_cost_over_eval_every_steps():
-    c, s = 0.05, 0.09  # seconds per call and per step
-    # 10 steps in one call: the engine's segments of 100 pay c once per 100 steps.
-    assert bench.segment_step_s(c + 10 * s, c, 10, 100) == pytest.approx(s + c / 100)
-    # 250 steps in calls of at most 100 (three calls).
-    assert bench.segment_step_s(3 * c + 250 * s, c, 250, 100) == pytest.approx(s + c / 100)
-    # Whole segments: the timed mean, whatever the zero-step call cost.
-    assert bench.segment_step_s(2 * c + 200 * s, 0.7 * c, 200, 100) == pytest.approx(
-        (2 * c + 200 * s) / 200)
-    # A call that measured only its cost (noise at tiny sizes): no correction.
-    assert bench.segment_step_s(0.9 * c, c, 10, 100) == pytest.approx(0.09 * c)
-
-
 def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
     result = bench.run(quick=True, sizes=["tiny"], runs=[2, 4], impls=("advance", "loop"),
@@ -105,7 +92,6 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     assert len(result["cases"]) == 4  # two R, two layouts
     for r in result["cases"]:
         assert r["flop_per_run_step"] == 8 * TINY["width"] * TINY["n"] * TINY["d"]
-        assert r["call_s"] > 0
         for impl in ("advance", "loop"):
             v = r["impls"][impl]
             assert v["run_steps_per_s"] > 0
