@@ -11,7 +11,6 @@ that spreading the call's cost over a segment predicts, ``(t_10 - c) / 10 + c / 
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -35,12 +34,7 @@ def main(size, layout, runs, repeats=3):
     calls = {"c": empty_call, "t_10": lambda: runner.run_steps(10),
              "t_E": lambda: runner.run_steps(E)}
     runner.run_steps(1)
-    times = {k: [] for k in calls}
-    for _ in range(int(repeats)):
-        for k, f in calls.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - start)
+    times = bench._interleaved(calls, int(repeats))
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = (med["t_10"] - med["c"]) / 10 + med["c"] / E
     print(f"{size} {layout} R={runs}: c {med['c'] * 1e3:.1f} ms, t_10 / 10 "
