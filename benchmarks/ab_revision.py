@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS]
     .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6
 
-Loads the revision's ``train.py`` and ``cpu_update.py`` (with its own build of the revision's
-``cpu_update.cc``) beside the working tree's (the rest of the package is the working tree's, so
-the two must share its interfaces), compiles both ``train_steps`` for one
+Loads the revision's ``train.py``, ``model.py`` and ``cpu_update.py`` (with its own build of the
+revision's ``cpu_update.cc``) beside the working tree's (the rest of the package is the working
+tree's, so the two must share its interfaces), compiles both ``train_steps`` for one
 bench case (``jaxprune.bench.SIZE_SETS``, layout ``shared`` or ``seeds``), then times calls of
 STEPS steps in alternation (``bench._interleaved``), after one warm-up call each.
 Prints XLA's temporary bytes of each program, the median run-steps per second, the per-repeat
@@ -13,6 +13,7 @@ speed ratio new / old, and how far apart the final weights are.
 """
 
 import importlib.util
+import inspect
 import re
 import statistics
 import subprocess
@@ -43,8 +44,9 @@ def _module_at(rev: str, path: str, name: str, folder: Path, edit=lambda source:
 
 
 def train_at(rev: str):
-    """The module ``jaxprune/train.py`` as it is at ``rev``, with the revision's native CPU
-    products (``cpu_update.py`` and its ``.cc``, built into their own library)."""
+    """The module ``jaxprune/train.py`` as it is at ``rev``, with the revision's network
+    (``model.py``) and native CPU products (``cpu_update.py`` and its ``.cc``, built into their
+    own library)."""
     folder = Path(tempfile.mkdtemp())
     (folder / "cpu_update.cc").write_text(subprocess.run(
         ["git", "show", f"{rev}:jaxprune/cpu_update.cc"], cwd=ROOT, check=True,
@@ -55,6 +57,10 @@ def train_at(rev: str):
         return re.sub(r"(register_ffi_target\(target|ffi_call\(TARGETS\[\d\])",
                       r'\1 + "_at_rev"', source)
 
+    model = _module_at(rev, "jaxprune/model.py", "model_at_rev", folder)
+    for name in set(model.__all__) & set(vars(module)):
+        if inspect.isfunction(getattr(model, name)):  # the types stay the working tree's
+            setattr(module, name, getattr(model, name))
     module.cpu_update = _module_at(rev, "jaxprune/cpu_update.py", "cpu_update_at_rev", folder,
                                    rename)
     return module

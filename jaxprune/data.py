@@ -22,11 +22,14 @@ import jax.numpy as jnp
 
 from jaxprune.spec import Static
 
-__all__ = ["STREAMS", "Samples", "GroupData", "stream_key", "sample_set", "group_data",
-           "observed_labels", "filter_rows", "normal", "uniform"]
+__all__ = ["STREAMS", "CLEAN_LABELS", "Samples", "GroupData", "stream_key", "sample_set",
+           "group_data", "observed_labels", "filter_rows", "normal", "uniform"]
 
 #: Named random streams of a seed; a run's randomness never depends on its batch position.
 STREAMS = {"train": 1, "test": 2, "init": 3, "bias": 4, "mask": 5}
+
+#: The values of a clean label ``y~``.
+CLEAN_LABELS = (1.0, -1.0)
 
 
 class Samples(NamedTuple):
@@ -80,7 +83,9 @@ def sample_set(key: jax.Array, count: int, static: Static, dtype) -> Samples:
 
     def one(i):
         k_label, k_flip, k_noise = jax.random.split(jax.random.fold_in(key, i), 3)
-        clean = jnp.where(uniform(k_label, (), jnp.float32) < 0.5, 1.0, -1.0).astype(dtype)
+        positive, negative = CLEAN_LABELS
+        clean = jnp.where(uniform(k_label, (), jnp.float32) < 0.5, positive, negative)
+        clean = clean.astype(dtype)
         flip_draw = uniform(k_flip, (), dtype)
         z = normal(k_noise, (static.d,), dtype)
         if static.noise_orthogonal:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from jaxprune.spec import Static
 
-__all__ = ["Network", "Context", "activation", "preactivations", "output_from_preactivations",
-           "output", "example_loss", "CLASS_SIGN"]
+__all__ = ["Network", "Context", "activation", "preactivations", "patch_logit",
+           "output_from_preactivations", "output", "example_loss", "CLASS_SIGN"]
 
 #: ``j`` for class index 0 and 1.
 CLASS_SIGN = (1.0, -1.0)
@@ -54,13 +54,10 @@ def activation(z: jax.Array, q: float) -> jax.Array:
     return relu**q
 
 
-def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Context,
-                               static: Static) -> jax.Array:
-    """``f(x) = a * sum_{j,r} j * pool(sigma(h_signal[j,r]), sigma(h_noise[j,r]))`` from the
-    pre-activations on the two patches, each ``(2, m, ...)``: of one example, or with trailing
-    axes (examples) that ``f`` keeps."""
-    q = static.activation_power
-    pooled = activation(h_signal, q) + activation(h_noise, q)
+def patch_logit(h: jax.Array, ctx: Context, static: Static) -> jax.Array:
+    """One patch's share of ``f``: ``a * sum_{j,r} j * sigma(h[j,r])`` (halved for mean
+    pooling) from its pre-activations ``(2, m, ...)``, keeping the trailing axes."""
+    pooled = activation(h, static.activation_power)
     if static.patch_pool == "mean":
         pooled = 0.5 * pooled
     weight = ctx.filter_weight.reshape(ctx.filter_weight.shape + (1,) * (pooled.ndim - 2))
@@ -69,6 +66,14 @@ def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Con
     # 1.5x slower, benchmarks/RESULTS.md).
     logits = jnp.sum(pooled * weight, axis=1)
     return logits[0] - logits[1]
+
+
+def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Context,
+                               static: Static) -> jax.Array:
+    """``f(x) = a * sum_{j,r} j * pool(sigma(h_signal[j,r]), sigma(h_noise[j,r]))`` from the
+    pre-activations on the two patches, each ``(2, m, ...)``: pooling is a sum or a mean, so
+    ``f`` is the sum of the patches' ``patch_logit``."""
+    return patch_logit(h_signal, ctx, static) + patch_logit(h_noise, ctx, static)
 
 
 def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,

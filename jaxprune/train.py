@@ -26,9 +26,9 @@ import jaxlib
 import optax
 
 from jaxprune import cpu_update, masks
-from jaxprune.data import GroupData, Samples, group_data, observed_labels
-from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output,
-                            output_from_preactivations, preactivations)
+from jaxprune.data import CLEAN_LABELS, GroupData, Samples, group_data, observed_labels
+from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output, patch_logit,
+                            preactivations)
 from jaxprune.spec import RunParams, Static
 
 __all__ = ["TrainState", "Metrics", "MaskStats", "Factors", "Gram", "make_groups", "init_state",
@@ -171,25 +171,29 @@ def loss_factors(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | N
     """``Factors`` of one run from its projections ``c`` ``(2, m)`` and ``P`` ``(2, m, n)``.
 
     Autodiff covers only the elementwise head (activation, pooling, loss) in the
-    pre-activations ``h_s = y~ |mu| c + b`` and ``h_n = sigma_p P + b``; the sums over examples
-    of the chain rule are written as matrix-vector products (a reduction over the example
-    axis is a slow path of XLA:CPU).
+    pre-activations ``h_s = y~ |mu| c + b`` and ``h_n = sigma_p P + b``. The clean label ``y~``
+    is +1 or -1, so ``h_s`` has two values per filter, ``(2, m, 2)``, and an example's signal
+    share of ``f`` is the one of its label (a one-hot product): the head makes no
+    ``(2, m, n)`` array for the signal patch. The sums over examples of the chain rule are
+    matrix-vector products (a reduction over the example axis is a slow path of XLA:CPU).
     """
     ctx = context(p, static)
     labels = observed_labels(samples, p.label_flip)
     weights = sample_weights(p.n, static.n, static.float_dtype)
     b_col = None if b is None else b[..., None]
-    h_signal, h_noise = preactivations(signal_proj[..., None], noise_proj, b_col,
-                                       samples.clean, ctx)
+    both_labels = jnp.asarray(CLEAN_LABELS, static.float_dtype)
+    h_signal, h_noise = preactivations(signal_proj[..., None], noise_proj, b_col, both_labels,
+                                       ctx)
+    label_of = (samples.clean[:, None] == both_labels).astype(static.float_dtype)  # (n, 2)
 
     def loss_of(h_signal, h_noise):
-        f = output_from_preactivations(h_signal, h_noise, ctx, static)
+        f = label_of @ patch_logit(h_signal, ctx, static) + patch_logit(h_noise, ctx, static)
         return jnp.sum(weights * example_loss(labels * f))
 
     loss, (d_signal, d_noise) = jax.value_and_grad(loss_of, argnums=(0, 1))(h_signal, h_noise)
-    ones = jnp.ones(static.n, d_signal.dtype)
-    d_b = None if b is None else (d_signal + d_noise) @ ones
-    return Factors(loss, ctx.noise_std * d_noise, ctx.signal_norm * (d_signal @ samples.clean),
+    d_b = None if b is None else jnp.sum(d_signal, axis=-1) + d_noise @ jnp.ones(static.n,
+                                                                                  d_noise.dtype)
+    return Factors(loss, ctx.noise_std * d_noise, ctx.signal_norm * (d_signal @ both_labels),
                    d_b)
 
 
