@@ -13,7 +13,6 @@ speed ratio new / old, and how far apart the final weights are.
 """
 
 import importlib.util
-import inspect
 import re
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jaxprune import bench, train  # noqa: E402
+from jaxprune import bench, model, train  # noqa: E402
 
 
 def _module_at(rev: str, path: str, name: str, folder: Path, edit=lambda source: source):
@@ -51,16 +50,18 @@ def train_at(rev: str):
     (folder / "cpu_update.cc").write_text(subprocess.run(
         ["git", "show", f"{rev}:jaxprune/cpu_update.cc"], cwd=ROOT, check=True,
         capture_output=True, text=True).stdout)
-    module = _module_at(rev, "jaxprune/train.py", "train_at_rev", folder)
+    sys.modules["model_at_rev"] = _module_at(rev, "jaxprune/model.py", "model_at_rev", folder)
+    module = _module_at(rev, "jaxprune/train.py", "train_at_rev", folder,
+                        lambda source: source.replace("from jaxprune.model import",
+                                                      "from model_at_rev import"))
+    for name, value in vars(model).items():  # the state's types stay the working tree's
+        if isinstance(value, type) and hasattr(module, name):
+            setattr(module, name, value)
 
     def rename(source):  # the revision's custom calls get their own names, "..._at_rev"
         return re.sub(r"(register_ffi_target\(target|ffi_call\(TARGETS\[\d\])",
                       r'\1 + "_at_rev"', source)
 
-    model = _module_at(rev, "jaxprune/model.py", "model_at_rev", folder)
-    for name in set(model.__all__) & set(vars(module)):
-        if inspect.isfunction(getattr(model, name)):  # the types stay the working tree's
-            setattr(module, name, getattr(model, name))
     module.cpu_update = _module_at(rev, "jaxprune/cpu_update.py", "cpu_update_at_rev", folder,
                                    rename)
     return module

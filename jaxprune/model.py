@@ -1,12 +1,14 @@
-"""One pruned two-layer network on one example: forward pass, loss and metrics.
+"""One pruned two-layer network: forward pass and loss.
 
     F_j(x) = a * sum_r pool_k sigma(<W[j,r], x_k> + b[j,r]),    f(x) = F_{+1}(x) - F_{-1}(x)
 
 with ``sigma(z) = max(z, 0)^q``, patches ``x_1 = y~ mu`` and ``x_2 = xi = noise_std * z``, and
 ``W`` already pruned (zero where the mask is). Because ``mu`` is fixed, ``<W[j,r], y~ mu>`` is
-``y~ * signal_norm * <W[j,r], u>`` with ``u = mu / |mu|``: under ``vmap`` over examples the
-product with ``u`` is computed once per network, and only the noise patch costs a matrix
-product. Class index 0 is ``j = +1`` and index 1 is ``j = -1``.
+``y~ * signal_norm * <W[j,r], u>`` with ``u = mu / |mu|``: the product with ``u`` is computed
+once per network, and only the noise patch costs a matrix product. Pooling is a sum or a mean,
+so ``f`` is the sum of the patches' shares: ``signal_share`` and ``patch_logit`` of the
+noise patch's ``noise_preactivation``. Class index 0
+is ``j = +1`` and index 1 is ``j = -1``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxprune.data import CLEAN_LABELS
 from jaxprune.spec import Static
 
-__all__ = ["Network", "Context", "activation", "preactivations", "patch_logit",
-           "output_from_preactivations", "output", "example_loss", "CLASS_SIGN"]
+__all__ = ["Network", "Context", "activation", "patch_logit", "noise_preactivation", "signal_share",
+           "example_loss", "CLASS_SIGN"]
 
 #: ``j`` for class index 0 and 1.
 CLASS_SIGN = (1.0, -1.0)
@@ -68,30 +71,25 @@ def patch_logit(h: jax.Array, ctx: Context, static: Static) -> jax.Array:
     return logits[0] - logits[1]
 
 
-def output_from_preactivations(h_signal: jax.Array, h_noise: jax.Array, ctx: Context,
-                               static: Static) -> jax.Array:
-    """``f(x) = a * sum_{j,r} j * pool(sigma(h_signal[j,r]), sigma(h_noise[j,r]))`` from the
-    pre-activations on the two patches, each ``(2, m, ...)``: pooling is a sum or a mean, so
-    ``f`` is the sum of the patches' ``patch_logit``."""
-    return patch_logit(h_signal, ctx, static) + patch_logit(h_noise, ctx, static)
+def noise_preactivation(noise_proj: jax.Array, b: jax.Array | None, ctx: Context) -> jax.Array:
+    """``sigma_p <W[j,r], z> + b`` from the projections ``(2, m, ...)`` (``b`` broadcast
+    against them)."""
+    h = ctx.noise_std * noise_proj
+    return h if b is None else h + b
 
 
-def preactivations(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
-                   clean: jax.Array, ctx: Context) -> tuple[jax.Array, jax.Array]:
-    """``(y~ |mu| <W[j,r], u> + b, sigma_p <W[j,r], z> + b)`` from the two projections."""
-    h_signal = clean * ctx.signal_norm * signal_proj
-    h_noise = ctx.noise_std * noise_proj
+def signal_share(signal_proj: jax.Array, b: jax.Array | None, clean: jax.Array, ctx: Context,
+                 static: Static) -> jax.Array:
+    """The signal patch's share of ``f`` for examples of clean labels ``clean`` ``(N,)``, from
+    ``<W[j,r], u>`` ``(2, m)``: its pre-activation ``y~ |mu| <W[j,r], u> + b`` has one value per
+    label, so ``patch_logit`` is formed at ``y~ = +1`` and ``-1`` and picked by a one-hot
+    product (no ``(2, m, N)`` array)."""
+    labels = jnp.asarray(CLEAN_LABELS, signal_proj.dtype)
+    h = signal_proj[..., None] * (ctx.signal_norm * labels)  # (2, m, 2)
     if b is not None:
-        h_signal, h_noise = h_signal + b, h_noise + b
-    return h_signal, h_noise
-
-
-def output(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | None,
-           clean: jax.Array, ctx: Context, static: Static) -> jax.Array:
-    """``f(x) = F_{+1}(x) - F_{-1}(x)`` for one example from its projections
-    ``<W[j,r], u>`` and ``<W[j,r], z>`` (``z`` its standardized noise patch), each ``(2, m)``."""
-    h_signal, h_noise = preactivations(signal_proj, noise_proj, b, clean, ctx)
-    return output_from_preactivations(h_signal, h_noise, ctx, static)
+        h = h + b[..., None]
+    picks = (clean[:, None] == labels).astype(signal_proj.dtype)  # (N, 2)
+    return picks @ patch_logit(h, ctx, static)
 
 
 def example_loss(margin: jax.Array) -> jax.Array:

@@ -26,9 +26,9 @@ import jaxlib
 import optax
 
 from jaxprune import cpu_update, masks
-from jaxprune.data import CLEAN_LABELS, GroupData, Samples, group_data, observed_labels
-from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, output, patch_logit,
-                            preactivations)
+from jaxprune.data import GroupData, Samples, group_data, observed_labels
+from jaxprune.model import (CLASS_SIGN, Context, Network, example_loss, noise_preactivation,
+                            patch_logit, signal_share)
 from jaxprune.spec import RunParams, Static
 
 __all__ = ["TrainState", "Metrics", "MaskStats", "Factors", "Gram", "make_groups", "init_state",
@@ -117,12 +117,14 @@ def noise_projections(w: jax.Array, samples: Samples) -> jax.Array:
 def outputs(net: Network, ctx: Context, samples: Samples, static: Static,
             noise_proj: jax.Array | None = None) -> jax.Array:
     """``f(x_i)`` for every example of a sample set: ``(N,)``; ``noise_proj`` are the
-    examples' ``noise_projections`` when already computed."""
+    examples' ``noise_projections`` when already computed. The noise share is formed one
+    example at a time, as ``noise_projections`` are."""
     if noise_proj is None:
         noise_proj = noise_projections(net.w, samples)
-    signal_proj = signal_projection(net.w, static)
-    return jax.vmap(lambda c, h: output(signal_proj, h, net.b, c, ctx, static))(
-        samples.clean, noise_proj)
+    noise = jax.vmap(lambda h: patch_logit(noise_preactivation(h, net.b, ctx), ctx, static))(
+        noise_proj)
+    return signal_share(signal_projection(net.w, static), net.b, samples.clean, ctx,
+                        static) + noise
 
 
 def init_scale(p: RunParams, static: Static) -> jax.Array:
@@ -170,31 +172,26 @@ def loss_factors(signal_proj: jax.Array, noise_proj: jax.Array, b: jax.Array | N
                  p: RunParams, samples: Samples, static: Static) -> Factors:
     """``Factors`` of one run from its projections ``c`` ``(2, m)`` and ``P`` ``(2, m, n)``.
 
-    Autodiff covers only the elementwise head (activation, pooling, loss) in the
-    pre-activations ``h_s = y~ |mu| c + b`` and ``h_n = sigma_p P + b``. The clean label ``y~``
-    is +1 or -1, so ``h_s`` has two values per filter, ``(2, m, 2)``, and an example's signal
-    share of ``f`` is the one of its label (a one-hot product): the head makes no
-    ``(2, m, n)`` array for the signal patch. The sums over examples of the chain rule are
-    matrix-vector products (a reduction over the example axis is a slow path of XLA:CPU).
+    Autodiff covers only the head: the signal share in ``c`` and ``b`` (``(2, m)``, see
+    ``model.signal_share``) and the noise share in its pre-activations ``h_n = sigma_p P + b``
+    (elementwise, so that ``dL/dP = sigma_p dL/dh_n`` and the bias's part is a sum over the
+    examples, written as a matrix-vector product: a reduction over the example axis is a slow
+    path of XLA:CPU).
     """
     ctx = context(p, static)
     labels = observed_labels(samples, p.label_flip)
     weights = sample_weights(p.n, static.n, static.float_dtype)
-    b_col = None if b is None else b[..., None]
-    both_labels = jnp.asarray(CLEAN_LABELS, static.float_dtype)
-    h_signal, h_noise = preactivations(signal_proj[..., None], noise_proj, b_col, both_labels,
-                                       ctx)
-    label_of = (samples.clean[:, None] == both_labels).astype(static.float_dtype)  # (n, 2)
 
-    def loss_of(h_signal, h_noise):
-        f = label_of @ patch_logit(h_signal, ctx, static) + patch_logit(h_noise, ctx, static)
+    def loss_of(c, b, h_noise):
+        f = signal_share(c, b, samples.clean, ctx, static) + patch_logit(h_noise, ctx, static)
         return jnp.sum(weights * example_loss(labels * f))
 
-    loss, (d_signal, d_noise) = jax.value_and_grad(loss_of, argnums=(0, 1))(h_signal, h_noise)
-    d_b = None if b is None else jnp.sum(d_signal, axis=-1) + d_noise @ jnp.ones(static.n,
-                                                                                  d_noise.dtype)
-    return Factors(loss, ctx.noise_std * d_noise, ctx.signal_norm * (d_signal @ both_labels),
-                   d_b)
+    h_noise = noise_preactivation(noise_proj, None if b is None else b[..., None], ctx)
+    loss, (d_c, d_b, d_noise) = jax.value_and_grad(loss_of, argnums=(0, 1, 2))(
+        signal_proj, b, h_noise)
+    if b is not None:
+        d_b = d_b + d_noise @ jnp.ones(static.n, d_noise.dtype)
+    return Factors(loss, ctx.noise_std * d_noise, d_c, d_b)
 
 
 def _support_gradient(d_signal: jax.Array, static: Static) -> jax.Array:
