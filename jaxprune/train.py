@@ -262,6 +262,12 @@ BLOCK_BYTES = 1 << 22
 #: the chunk, and as fast at d = 2000; 4-16 MB blocks 0.9-1.0x; ``benchmarks/RESULTS.md``).
 GROUP_BLOCK_BYTES = 1 << 20
 
+#: Bytes of W and examples of one block of runs of an evaluation: its temporaries (the
+#: projections of the training and test examples, ``(n + n_test) x 2m`` floats a run, and the
+#: block's copy of its slice of the state and data) then stay a fraction of the state (all
+#: runs at once, they were 0.4x of it at d = 1000, n_test = 500).
+EVAL_BLOCK_BYTES = 1 << 24
+
 
 class _DirectCarry(NamedTuple):
     w: jax.Array  # (S, F, d)
@@ -294,13 +300,14 @@ def _run_weight_bytes(static: Static) -> int:
     return 2 * static.width * static.d * static.float_dtype.itemsize
 
 
-def _run_blocks(static: Static, block_bytes: int) -> tuple[int, int]:
+def _run_blocks(static: Static, block_bytes: int, group_bytes: int = 0) -> tuple[int, int]:
     """``(axis, k)``: blocks of about ``block_bytes`` of W, k runs of the one group (axis 1)
-    when S = 1, k whole groups (axis 0) otherwise."""
+    when S = 1, k whole groups (axis 0) otherwise, each group then counting ``group_bytes``
+    more (its examples, where a block holds them)."""
     S, G = static.groups, static.group_size
     if S == 1:
         return 1, _largest_divisor(G, block_bytes // _run_weight_bytes(static))
-    return 0, _largest_divisor(S, block_bytes // (G * _run_weight_bytes(static)))
+    return 0, _largest_divisor(S, block_bytes // (G * _run_weight_bytes(static) + group_bytes))
 
 
 def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_bytes: int):
@@ -646,12 +653,27 @@ def _compiler_options() -> dict[str, str]:
 COMPILER_OPTIONS = _compiler_options()
 
 
-def _evaluate(state: TrainState, params: RunParams, groups: GroupData,
-              static: Static) -> Metrics:
-    initial_proj = _initial_projections(state.mask, params, groups, static)
-    metrics = over_runs(lambda net, m, p0, p, group: _metrics_run(net, m, p0, p, group, static),
-                        static)
-    return metrics(state.net, state.mask, initial_proj, params, groups)
+def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: Static,
+              block_bytes: int = EVAL_BLOCK_BYTES) -> Metrics:
+    """Every run's metrics, in blocks of runs of about ``block_bytes`` of W and examples
+    (``_run_blocks``: each block is a contiguous slice of the run axis)."""
+    examples = (static.n + static.n_test) * static.d * static.float_dtype.itemsize
+    axis, k = _run_blocks(static, block_bytes, group_bytes=examples)
+    part = dataclasses.replace(static, **({"group_size": k} if axis == 1 else {"groups": k}))
+    count = static.groups * static.group_size // (part.groups * part.group_size)
+    split = lambda a: a.reshape((count, a.shape[0] // count) + a.shape[1:])  # noqa: E731
+
+    def block(xs):
+        net, mask, p, group = xs
+        group = groups if axis == 1 else group
+        initial_proj = _initial_projections(mask, p, group, part)
+        metrics = over_runs(
+            lambda net, m, p0, p, group: _metrics_run(net, m, p0, p, group, part), part)
+        return metrics(net, mask, initial_proj, p, group)
+
+    run_args = jax.tree.map(split, (state.net, state.mask, params))
+    out = jax.lax.map(block, (*run_args, None if axis == 1 else jax.tree.map(split, groups)))
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
 
 @functools.partial(jax.jit, static_argnames="static", compiler_options=COMPILER_OPTIONS)

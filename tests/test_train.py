@@ -260,6 +260,29 @@ def test_initial_projections_in_blocks_equal_w0_times_z(name, max_runs):
                                    atol=1e-15)
 
 
+@pytest.mark.parametrize("name", ["padded-defaults", "kou-gd-bias"])
+@pytest.mark.parametrize("max_runs", [None, 3])
+def test_evaluation_in_blocks_equals_one_block(name, max_runs):
+    """Metrics evaluated one run (or one group) a block equal those of one block of all runs,
+    which ``test_batched_runs_equal_reference_runs`` checks against the reference."""
+    _, table, _ = build(OPTION_SETS[name])
+    chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
+    static = chunk.static
+    ids = chunk.runs.reshape(-1)
+    cols = {k: v[ids] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    state = train.train_steps(train.init_state(params, groups, static), params, groups,
+                              jnp.int32(STEPS), static=static)
+    evaluate = jax.jit(train._evaluate, static_argnames=("static", "block_bytes"))
+    whole = evaluate(state, params, groups, static=static, block_bytes=2**40)
+    blocked = evaluate(state, params, groups, static=static, block_bytes=1)
+    assert whole.train_loss.shape == (len(ids),)
+    for key, value in whole._asdict().items():
+        np.testing.assert_allclose(getattr(blocked, key), value, rtol=1e-12, atol=1e-15,
+                                   err_msg=key)
+
+
 def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatch):
     import pkgutil
 
