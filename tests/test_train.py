@@ -237,18 +237,23 @@ def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
         np.testing.assert_allclose(small.net.b, state.net.b, rtol=1e-12, atol=1e-15)
 
 
+def chunk_inputs(name, max_runs):
+    """``(static, params, groups)`` of the first chunk of an option set, at most ``max_runs``
+    runs a chunk."""
+    _, table, _ = build(OPTION_SETS[name])
+    chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
+    cols = {k: v[chunk.runs.reshape(-1)] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, chunk.static.float_dtype))
+    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]])
+    return chunk.static, params, train.make_groups(seeds, chunk.static)
+
+
 @pytest.mark.parametrize("name", ["padded-defaults", "kou-gd-bias", "adam-orthogonal"])
 @pytest.mark.parametrize("max_runs", [None, 3])
 def test_initial_projections_in_blocks_equal_w0_times_z(name, max_runs):
     """The memorization's ``<W(0)[j,r], z_i>``, formed in blocks of runs without W(0), equals
     the product of the materialized W(0) (the initial state's weights) with the noise."""
-    _, table, _ = build(OPTION_SETS[name])
-    chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
-    static = chunk.static
-    ids = chunk.runs.reshape(-1)
-    cols = {k: v[ids] for k, v in table.columns.items()}
-    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
-    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    static, params, groups = chunk_inputs(name, max_runs)
     state0 = train.init_state(params, groups, static)
     S, G, m, n, d = static.groups, static.group_size, static.width, static.n, static.d
     w0 = np.asarray(state0.net.w).reshape(S, G, 2, m, d)
@@ -265,19 +270,13 @@ def test_initial_projections_in_blocks_equal_w0_times_z(name, max_runs):
 def test_evaluation_in_blocks_equals_one_block(name, max_runs):
     """Metrics evaluated one run (or one group) a block equal those of one block of all runs,
     which ``test_batched_runs_equal_reference_runs`` checks against the reference."""
-    _, table, _ = build(OPTION_SETS[name])
-    chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
-    static = chunk.static
-    ids = chunk.runs.reshape(-1)
-    cols = {k: v[ids] for k, v in table.columns.items()}
-    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
-    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    static, params, groups = chunk_inputs(name, max_runs)
     state = train.train_steps(train.init_state(params, groups, static), params, groups,
                               jnp.int32(STEPS), static=static)
     evaluate = jax.jit(train._evaluate, static_argnames=("static", "block_bytes"))
     whole = evaluate(state, params, groups, static=static, block_bytes=2**40)
     blocked = evaluate(state, params, groups, static=static, block_bytes=1)
-    assert whole.train_loss.shape == (len(ids),)
+    assert whole.train_loss.shape == (static.groups * static.group_size,)
     for key, value in whole._asdict().items():
         np.testing.assert_allclose(getattr(blocked, key), value, rtol=1e-12, atol=1e-15,
                                    err_msg=key)
