@@ -6,9 +6,8 @@ with ``sigma(z) = max(z, 0)^q``, patches ``x_1 = y~ mu`` and ``x_2 = xi = noise_
 ``W`` already pruned (zero where the mask is). Because ``mu`` is fixed, ``<W[j,r], y~ mu>`` is
 ``y~ * signal_norm * <W[j,r], u>`` with ``u = mu / |mu|``: the product with ``u`` is computed
 once per network, and only the noise patch costs a matrix product. Pooling is a sum or a mean,
-so ``f`` is the sum of the patches' shares: ``signal_share`` and ``patch_logit`` of the
-noise patch's ``noise_preactivation``. Class index 0
-is ``j = +1`` and index 1 is ``j = -1``.
+so ``f`` is the sum of the patches' shares: ``signal_share`` and ``patch_logit`` of the noise
+patch's ``noise_preactivation``. Class index 0 is ``j = +1`` and index 1 is ``j = -1``.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 from jaxprune.data import CLEAN_LABELS
 from jaxprune.spec import Static
 
-__all__ = ["Network", "Context", "activation", "patch_logit", "noise_preactivation", "signal_share",
-           "example_loss", "CLASS_SIGN"]
+__all__ = ["Network", "Context", "activation", "patch_logit", "noise_preactivation",
+           "signal_share", "example_loss", "CLASS_SIGN"]
 
 #: ``j`` for class index 0 and 1.
 CLASS_SIGN = (1.0, -1.0)
