@@ -18,6 +18,8 @@
 #include <memory>
 #include <mutex>
 
+#include <unistd.h>
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -30,9 +32,19 @@ using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n
 // CBLAS_ORDER and CBLAS_TRANSPOSE values.
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
-// Rows of W per block: about 512 KiB, which stays in the L2 cache between the update, the
-// masking pass and the projections.
-constexpr int64_t kBlockBytes = 1 << 19;
+// Rows of W per block: about one core's L2 cache, so that the block stays there between the
+// update, the masking pass and the projections. Measured best on both machines of
+// benchmarks/RESULTS.md: 512 KiB on a 512 KiB L2 (256 KiB 0.88-0.98x, 1 MiB 1.01x) and 2 MiB
+// on a 2 MiB L2 (1.16-1.24x the speed of 512 KiB there). 512 KiB where the size is unknown.
+int64_t L2Bytes() {
+#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc; not macOS
+  const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+  const long size = 0;
+#endif
+  return size > 0 ? std::clamp<int64_t>(size, 1 << 18, 1 << 23) : 1 << 19;
+}
+const int64_t kBlockBytes = L2Bytes();
 
 Sgemm sgemm = nullptr;
 int (*set_threads_local)(int) = nullptr;  // openblas_set_num_threads_local
