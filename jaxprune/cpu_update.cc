@@ -5,10 +5,11 @@
 //
 // jaxprune_update_project does the update and then, while the block's rows of W are still in
 // cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
-// (W and P are updated in place), in blocks of rows small enough to stay in cache while the
-// support shift, the mask and the projections follow. The blocks run on XLA's intra-op
-// threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over
-// by jaxprune_set_blas before the first call.
+// (W and P are updated in place), in blocks of rows of about `block_bytes`, small enough to
+// stay in cache while the support shift, the mask and the projections follow (cpu_update.py
+// picks one core's L2 cache). The blocks run on XLA's intra-op threads. sgemm is an ILP64
+// cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by jaxprune_set_blas
+// before the first call.
 
 #include <algorithm>
 #include <atomic>
@@ -17,8 +18,6 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-
-#include <unistd.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -31,20 +30,6 @@ using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n
                        float beta, float* c, int64_t ldc);
 // CBLAS_ORDER and CBLAS_TRANSPOSE values.
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-
-// Rows of W per block: about one core's L2 cache, so that the block stays there between the
-// update, the masking pass and the projections. Measured best on both machines of
-// benchmarks/RESULTS.md: 512 KiB on a 512 KiB L2 (256 KiB 0.88-0.98x, 1 MiB 1.01x) and 2 MiB
-// on a 2 MiB L2 (1.16-1.24x the speed of 512 KiB there). 512 KiB where the size is unknown.
-int64_t L2Bytes() {
-#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc; not macOS
-  const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#else
-  const long size = 0;
-#endif
-  return size > 0 ? std::clamp<int64_t>(size, 1 << 18, 1 << 23) : 1 << 19;
-}
-const int64_t kBlockBytes = L2Bytes();
 
 Sgemm sgemm = nullptr;
 int (*set_threads_local)(int) = nullptr;  // openblas_set_num_threads_local
@@ -94,16 +79,16 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
 }
 
 // The rows of each of S matrices of `rows` rows, cut into blocks of equal size of about
-// kBlockBytes (`row_bytes` a row), never across matrices.
+// `block_bytes` (`row_bytes` a row), never across matrices.
 struct RowBlocks {
   struct Block {
     int64_t group, first, count;  // first: a row index over all S matrices
   };
   int64_t rows, per_group, size;
 
-  RowBlocks(int64_t rows, int64_t row_bytes)
+  RowBlocks(int64_t rows, int64_t row_bytes, int64_t block_bytes)
       : rows(rows),
-        per_group(std::max<int64_t>(1, (rows * row_bytes + kBlockBytes - 1) / kBlockBytes)),
+        per_group(std::max<int64_t>(1, (rows * row_bytes + block_bytes - 1) / block_bytes)),
         size((rows + per_group - 1) / per_group) {}
 
   Block operator[](int64_t i) const {
@@ -124,7 +109,8 @@ ffi::Error CheckReady(ffi::Span<const int64_t> dims) {
 
 // out (S, F, n) = W (S, F, d) @ Z (S, n, d)^T
 ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> noise, ffi::ResultBuffer<ffi::F32> out) {
+                       ffi::Buffer<ffi::F32> noise, ffi::ResultBuffer<ffi::F32> out,
+                       int64_t block_bytes) {
   const auto dims = w.dimensions();
   if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], rows = dims[1], d = dims[2];
@@ -132,7 +118,7 @@ ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   const float* a = w.typed_data();
   const float* z = noise.typed_data();
   float* p = out->typed_data();
-  const RowBlocks blocks(rows, d * sizeof(float));
+  const RowBlocks blocks(rows, d * sizeof(float), block_bytes);
   ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
     const auto [g, first, count] = blocks[i];
     if (count == 0) return;
@@ -149,7 +135,7 @@ ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
                          ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
                          ffi::Buffer<ffi::F32> step_support, ffi::Buffer<ffi::PRED> project,
                          ffi::ResultBuffer<ffi::F32> w_out, ffi::ResultBuffer<ffi::F32> p_out,
-                         int64_t support) {
+                         int64_t support, int64_t block_bytes) {
   const auto dims = w.dimensions();
   if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], rows = dims[1], d = dims[2];
@@ -164,7 +150,7 @@ ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   const float* z = noise.typed_data();
   const auto* keep = reinterpret_cast<const uint8_t*>(mask.typed_data());
   const float* shift = step_support.typed_data();
-  const RowBlocks blocks(rows, d * sizeof(float));
+  const RowBlocks blocks(rows, d * sizeof(float), block_bytes);
   ParallelFor(pool, groups * blocks.per_group, [=](int64_t i) {
     const auto [g, first, count] = blocks[i];
     if (count == 0) return;
@@ -201,11 +187,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_update_project, UpdateProject,
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // project: a scalar
                                   .Ret<ffi::Buffer<ffi::F32>>()   // new W (aliases W)
                                   .Ret<ffi::Buffer<ffi::F32>>()   // new P (aliases P)
-                                  .Attr<int64_t>("support"));
+                                  .Attr<int64_t>("support")
+                                  .Attr<int64_t>("block_bytes"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_projections, Projections,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // W
                                   .Arg<ffi::Buffer<ffi::F32>>()   // Z
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // W Z^T
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // W Z^T
+                                  .Attr<int64_t>("block_bytes"));

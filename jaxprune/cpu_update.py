@@ -13,8 +13,8 @@ and 1.20-1.25x with one run per seed than with two calls per block of groups,
 The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
-W, then the mask and the projections, in blocks of rows that stay in cache; the blocks run on
-XLA's own threads.
+W, then the mask and the projections, in blocks of rows that stay in the L2 cache
+(``BLOCK_BYTES``); the blocks run on XLA's own threads.
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
 wheel ships.
@@ -54,6 +54,27 @@ OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
             (".dylibs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
             ("../numpy.libs/libopenblas64_*", "cblas_sgemm64_"),
             (".dylibs/libopenblas64_*", "cblas_sgemm64_"))
+
+
+def _l2_bytes(cpu: pathlib.Path = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """One core's L2 cache in bytes (Linux's sysfs), clamped to 256 KiB-8 MiB; 512 KiB where
+    it is unknown (macOS, Windows)."""
+    units = {"K": 1 << 10, "M": 1 << 20}
+    for index in sorted(cpu.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip()
+                return min(max(int(size[:-1]) * units[size[-1]], 1 << 18), 1 << 23)
+        except (OSError, ValueError, KeyError, IndexError):
+            break
+    return 1 << 19
+
+
+#: Bytes of W a block of rows of the native calls holds: one core's L2 cache, so that a block
+#: stays there between the update, the mask and the projections. Best on both machines of
+#: ``benchmarks/RESULTS.md``: 512 KiB on a 512 KiB L2 (256 KiB 0.88-0.98x, 1 MiB 1.01x) and
+#: 2 MiB on a 2 MiB L2 (1.16-1.24x the speed of 512 KiB blocks there).
+BLOCK_BYTES = _l2_bytes()
 
 
 class Unavailable(Exception):
@@ -147,23 +168,24 @@ def available(dtype=np.float32) -> bool:
     return np.dtype(dtype) == np.float32 and status().startswith("native")
 
 
-def update_and_project(w, proj, step_noise, step_support, mask, z, project,
-                       support: int) -> tuple[jax.Array, jax.Array]:
+def update_and_project(w, proj, step_noise, step_support, mask, z, project, support: int,
+                       block_bytes: int = BLOCK_BYTES) -> tuple[jax.Array, jax.Array]:
     """``W' = where(M, W - Dn Z - [k < s] ds, 0)`` and, where the scalar ``project`` is true,
     ``P' = W' Z^T`` (else ``P' = P``), in place of W and P; on the CPU only (pair it with the
     XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, P, Dn
-    ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``."""
+    ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``; in blocks of rows of W of about
+    ``block_bytes``."""
     _load()
     call = jax.ffi.ffi_call(TARGETS[0], (jax.ShapeDtypeStruct(w.shape, w.dtype),
                                          jax.ShapeDtypeStruct(proj.shape, proj.dtype)),
                             input_output_aliases={0: 0, 1: 1})
     return call(w, proj, step_noise, z, mask, step_support, jnp.asarray(project, bool),
-                support=np.int64(support))
+                support=np.int64(support), block_bytes=np.int64(max(1, block_bytes)))
 
 
-def projections(w, z) -> jax.Array:
-    """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and Z ``(S, n, d)``; on the
-    CPU only."""
+def projections(w, z, block_bytes: int = BLOCK_BYTES) -> jax.Array:
+    """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and Z ``(S, n, d)``, in the
+    blocks of ``update_and_project``; on the CPU only."""
     _load()
     shape = jax.ShapeDtypeStruct(w.shape[:2] + z.shape[1:2], w.dtype)
-    return jax.ffi.ffi_call(TARGETS[1], shape)(w, z)
+    return jax.ffi.ffi_call(TARGETS[1], shape)(w, z, block_bytes=np.int64(max(1, block_bytes)))

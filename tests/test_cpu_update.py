@@ -35,8 +35,12 @@ def update_inputs(S, F, n, d, seed=0):
     return w, step_noise, step_support, mask, z
 
 
-# F * d * 4 bytes of 1.1 MB per group is three row blocks of the native update (of 100, 100
-# and 98 rows), d = 947 is no multiple of a vector width, S = 3 groups each with their own Z.
+# F * d * 4 bytes of 1.1 MB per group is three row blocks of 512 KiB (of 100, 100 and 98
+# rows; BLOCK_BYTES depends on the machine's cache, so the tests give theirs), d = 947 is no
+# multiple of a vector width, S = 3 groups each with their own Z.
+BLOCKS = 1 << 19
+
+
 @pytest.mark.parametrize("S, F, n, d, s", [(1, 298, 30, 947, 1), (3, 40, 7, 64, 3),
                                            (2, 6, 100, 1000, 1)])
 def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d, s):
@@ -48,7 +52,8 @@ def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d,
     exact_proj = np.einsum("sfd,snd->sfn", exact, z)
     static = dataclasses.replace(_float32_chunk()[0], groups=S, group_size=1, d=d, n=n,
                                  width=F // 2, signal_support=s)
-    call = jax.jit(functools.partial(cpu_update.update_and_project, support=s))
+    call = jax.jit(functools.partial(cpu_update.update_and_project, support=s,
+                                     block_bytes=BLOCKS))
     old_proj = np.full((S, F, n), 7.0, np.float32)
     got, got_proj = call(w.copy(), old_proj.copy(), step_noise, step_support, mask, z, True)
     xla = jax.jit(functools.partial(train._blocked_update, static=static,
@@ -70,7 +75,7 @@ def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d,
 def test_native_projections_equal_float64(native, S, F, n, d):
     w, _, _, _, z = update_inputs(S, F, n, d)
     exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
-    got = jax.jit(cpu_update.projections)(w, z)
+    got = jax.jit(functools.partial(cpu_update.projections, block_bytes=BLOCKS))(w, z)
     assert got.shape == (S, F, n)
     np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
@@ -140,3 +145,21 @@ def test_an_unloadable_library_in_the_cache_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_update, "_build", lambda: broken)
     with pytest.raises(cpu_update.Unavailable, match="cpu_update-broken.so.*delete it"):
         cpu_update._load.__wrapped__()
+
+
+def test_block_bytes_are_one_cores_l2_cache(tmp_path):
+    def cache(*levels_and_sizes):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        for i, (level, size) in enumerate(levels_and_sizes):
+            (folder / f"index{i}").mkdir(parents=True)
+            (folder / f"index{i}" / "level").write_text(f"{level}\n")
+            (folder / f"index{i}" / "size").write_text(f"{size}\n")
+        return folder
+
+    assert cpu_update._l2_bytes(cache((1, "48K"), (1, "32K"), (2, "2048K"), (3, "107520K"))) \
+        == 2 << 20
+    assert cpu_update._l2_bytes(cache((1, "32K"), (2, "512K"))) == 512 << 10
+    assert cpu_update._l2_bytes(cache((2, "32M"))) == 8 << 20  # clamped
+    assert cpu_update._l2_bytes(cache((2, "64K"))) == 256 << 10  # clamped
+    assert cpu_update._l2_bytes(cache((1, "32K"))) == 512 << 10  # no L2: the default
+    assert cpu_update._l2_bytes(tmp_path / "absent") == 512 << 10
