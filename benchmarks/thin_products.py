@@ -1,0 +1,133 @@
+"""The native step's two sgemm calls on one thread, against a square sgemm on that thread.
+
+    .venv/bin/python benchmarks/thin_products.py [--sizes paper-d1000 ...] [--mkl PATH]
+
+The native call (``jaxprune/cpu_update.cc``) runs, on each of XLA's threads with a one-thread
+BLAS, blocks of ``rows`` rows of W (about ``cpu_update.BLOCK_BYTES``, never more than one
+group's: 2m x 256 rows for ``shared`` at R = 256, 2m for ``seeds``), each with two calls:
+
+    update      W <- W - Dn Z        (rows x n) @ (n x d), beta = 1 into W
+    projection  P <- W Z^T           (rows x d) @ (n x d)^T
+
+This script makes the same ``cblas_sgemm`` calls, each interleaved with a square 1024 one, in numpy's OpenBLAS
+(the library the native call uses) and, where the ``mkl`` wheel is installed (``pip install
+mkl``, or ``--mkl`` naming its ``libmkl_rt``), in MKL's sequential layer: interleaved,
+medians of ``--repeats`` timings of about ``WORK`` FLOP each. The step can reach no larger
+share of the square peak than these calls do.
+"""
+
+import os
+
+os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS
+os.environ["MKL_THREADING_LAYER"] = "SEQUENTIAL"  # one thread, no OpenMP runtime
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jaxprune import bench, cpu_update  # noqa: E402
+
+#: FLOP per timed call.
+WORK = 2e9
+#: CBLAS_ORDER and CBLAS_TRANSPOSE values.
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+def sgemms(mkl: str | None) -> dict:
+    """The ILP64 ``cblas_sgemm`` of each library at hand, by name."""
+    found = {"openblas": cpu_update._openblas()[0]}
+    candidates = [mkl] if mkl else sorted(str(p) for p in (Path(sys.prefix) / "lib").glob(
+        "libmkl_rt.so*"))
+    if candidates:
+        found["mkl"] = ctypes.CDLL(candidates[0]).cblas_sgemm_64
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for sgemm in found.values():
+        sgemm.argtypes = [ctypes.c_int] * 3 + [i64] * 3 + [ctypes.c_float, ptr, i64, ptr, i64,
+                                                          ctypes.c_float, ptr, i64]
+    return found
+
+
+def call(sgemm, m: int, k: int, n: int, transposed: bool, beta: float):
+    """``C (m x n) <- A (m x k) @ B + beta C`` with B stored ``n x k`` where ``transposed``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if transposed else (k, n), dtype=np.float32)
+    c = np.zeros((m, n), np.float32)
+    args = (ROW_MAJOR, NO_TRANS, TRANS if transposed else NO_TRANS, m, n, k, 1.0,
+            a.ctypes.data, k, b.ctypes.data, k if transposed else n, beta, c.ctypes.data, n)
+    return lambda: sgemm(*args), (a, b, c)  # the arrays keep the pointers alive
+
+
+def gflops(libraries: dict, shape: tuple, repeats: int) -> tuple[dict, dict]:
+    """GFLOP/s of one call ``shape = (m, k, n, transposed, beta)`` and of the square product,
+    in each library: medians of timings interleaved over all of them, so that both see the
+    same machine (its speed drifts by 2x within minutes)."""
+    square = (1024, 1024, 1024, False, 0.0)
+    calls = {(name, which): call(sgemm, *s) for name, sgemm in libraries.items()
+             for which, s in (("call", shape), ("square", square))}
+    flops = {"call": 2 * shape[0] * shape[1] * shape[2], "square": 2 * 1024 ** 3}
+    times = {key: [] for key in calls}
+    for run, _ in calls.values():
+        run()
+    for _ in range(repeats):
+        for (name, which), (run, _) in calls.items():
+            inner = max(1, round(WORK / flops[which]))
+            start = time.perf_counter()
+            for _ in range(inner):
+                run()
+            times[name, which].append((time.perf_counter() - start) / inner)
+    speed = {key: flops[key[1]] / statistics.median(t) / 1e9 for key, t in times.items()}
+    return ({name: speed[name, "call"] for name in libraries},
+            {name: speed[name, "square"] for name in libraries})
+
+
+def block_rows(group_rows: int, d: int) -> int:
+    """Rows of W in one block of the native call (``RowBlocks`` in ``cpu_update.cc``): a
+    group's rows cut into equal blocks of at most about ``BLOCK_BYTES``."""
+    blocks = -(-group_rows * 4 * d // cpu_update.BLOCK_BYTES)
+    return -(-group_rows // blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["paper-d1000", "paper-d2000"],
+                        choices=sorted(bench.SIZE_SETS))
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--mkl", help="path of MKL's libmkl_rt (default: the mkl wheel's)")
+    args = parser.parse_args()
+
+    libraries = sgemms(args.mkl)
+    names = list(libraries)
+    print(f"one thread; blocks of {cpu_update.BLOCK_BYTES >> 10} KiB of W; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print("| call (M x K x N) | " + " | ".join(f"{name} GFLOP/s (% of its square 1024)"
+                                               for name in names)
+          + (" | mkl / openblas |" if "mkl" in libraries else " |"))
+    print("|---|" + "---:|" * (len(names) + ("mkl" in libraries)))
+
+    def row(label: str, shape: tuple) -> None:
+        speed, square = gflops(libraries, shape, args.repeats)
+        cells = [f"{speed[name]:.1f} ({speed[name] / square[name]:.0%} of {square[name]:.0f})"
+                 for name in names]
+        if "mkl" in libraries:
+            cells.append(f"{speed['mkl'] / speed['openblas']:.2f}")
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+
+    for size in args.sizes:
+        d, n, width = bench.SIZE_SETS[size]
+        for layout, group_rows in (("shared", 2 * width * 256), ("seeds", 2 * width)):
+            rows = block_rows(group_rows, d)
+            row(f"{size} {layout} update {rows} x {n} x {d}", (rows, n, d, False, 1.0))
+            row(f"{size} {layout} projection {rows} x {d} x {n}", (rows, d, n, True, 0.0))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
