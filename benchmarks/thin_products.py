@@ -9,11 +9,11 @@ group's: 2m x 256 rows for ``shared`` at R = 256, 2m for ``seeds``), each with t
     update      W <- W - Dn Z        (rows x n) @ (n x d), beta = 1 into W
     projection  P <- W Z^T           (rows x d) @ (n x d)^T
 
-This script makes the same ``cblas_sgemm`` calls, each interleaved with a square 1024 one, in numpy's OpenBLAS
-(the library the native call uses) and, where the ``mkl`` wheel is installed (``pip install
-mkl``, or ``--mkl`` naming its ``libmkl_rt``), in MKL's sequential layer: interleaved,
-medians of ``--repeats`` timings of about ``WORK`` FLOP each. The step can reach no larger
-share of the square peak than these calls do.
+This script makes the same ``cblas_sgemm`` calls in numpy's OpenBLAS (the library the native
+call uses) and, where the ``mkl`` wheel is installed (``pip install mkl``, or ``--mkl`` naming
+its ``libmkl_rt``), in MKL's sequential layer, each interleaved with a square 1024 one of the
+same library: medians of ``--repeats`` timings of about ``WORK`` FLOP each. The step can reach
+no larger share of the square peak than these calls do.
 """
 
 import os
