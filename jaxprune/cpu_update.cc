@@ -1,7 +1,8 @@
-// The two matrix products of a plain-GD step as XLA:CPU custom calls (see cpu_update.py):
+// The matrix products of plain GD as XLA:CPU custom calls (see cpu_update.py):
 //
 //     P = W Z^T                                    W, M: (S, F, d)  Z: (S, n, d)
 //     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
+//     Y_f = K_f A_f                                K_f: symmetric n x n, its upper triangle
 //
 // jaxprune_update_project does the update and then, while the block's rows of W are still in
 // cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
@@ -97,6 +98,26 @@ struct RowBlocks {
   }
 };
 
+// y = K a for one symmetric n x n matrix K given by its upper triangle, row by row
+// (K[0, 0..n-1], K[1, 1..n-1], ...): each stored entry is read once and serves K[i, j] and
+// K[j, i], so the product reads half the bytes of the full matrix (the kernel formulation's
+// step reads nothing else from memory).
+void SymmetricRow(const float* upper, const float* a, float* y, int64_t n) {
+  std::fill_n(y, n, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = upper - i;  // row[j] = K[i, j] for j >= i
+    const float a_i = a[i];
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)  // -fopenmp-simd: vectorize the sum (no OpenMP runtime)
+    for (int64_t j = i + 1; j < n; ++j) {
+      y[j] += row[j] * a_i;
+      dot += row[j] * a[j];
+    }
+    y[i] += row[i] * a_i + dot;
+    upper += n - i;
+  }
+}
+
 ffi::Error CheckReady(ffi::Span<const int64_t> dims) {
   if (sgemm == nullptr || set_threads_local == nullptr) {
     return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "jaxprune: BLAS was not set");
@@ -168,6 +189,32 @@ ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
+// out (S, F, n): out[s, f] = K[s, f] A[s, f] with K (S, F, n (n + 1) / 2) upper triangles.
+ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
+                             ffi::Buffer<ffi::F32> a, ffi::ResultBuffer<ffi::F32> out) {
+  const auto dims = a.dimensions();
+  if (auto error = CheckReady(dims); error.failure()) return error;
+  const int64_t filters = dims[0] * dims[1], n = dims[2], packed = n * (n + 1) / 2;
+  if (upper.element_count() != filters * packed) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxprune: K must be (S, F, n (n + 1) / 2) for A (S, F, n)");
+  }
+  const float* k = upper.typed_data();
+  const float* x = a.typed_data();
+  float* y = out->typed_data();
+  // About 8 blocks a thread, so that the threads finish together, of at least 32 filters
+  // (a task's overhead is that of a few filters).
+  const int64_t size = std::max<int64_t>(32, (filters + 8 * pool.num_threads() - 1) /
+                                                 (8 * pool.num_threads()));
+  ParallelFor(pool, (filters + size - 1) / size, [=](int64_t i) {
+    const int64_t last = std::min(filters, (i + 1) * size);
+    for (int64_t f = i * size; f < last; ++f) {
+      SymmetricRow(k + f * packed, x + f * n, y + f * n, n);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 extern "C" void jaxprune_set_blas(void* sgemm_fn, void* set_threads_local_fn) {
@@ -197,3 +244,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_projections, Projections,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // Z
                                   .Ret<ffi::Buffer<ffi::F32>>()   // W Z^T
                                   .Attr<int64_t>("block_bytes"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_symmetric_products, SymmetricProducts,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // K: upper triangles
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // A
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // K A

@@ -1,8 +1,8 @@
-"""The two matrix products of a plain-GD step as OpenBLAS calls on the CPU (XLA FFI custom
-calls):
+"""The matrix products of plain GD as native calls on the CPU (XLA FFI custom calls):
 
     P = W Z^T                                   (the forward product, per group)
-    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update)
+    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update; both OpenBLAS sgemm calls)
+    Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
 
 ``update_and_project`` does the update and then the next step's P of each block of rows while
 the block is still in cache, so that a step reads W from memory once (with the loss head of
@@ -14,7 +14,9 @@ The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU'
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
 W, then the mask and the projections, in blocks of rows that stay in the L2 cache
-(``BLOCK_BYTES``); the blocks run on XLA's own threads.
+(``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products`` reads each
+K_f as its upper triangle only (``pack_upper``): the kernel formulation's step is bound by
+reading the K_f from memory.
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
 wheel ships.
@@ -41,13 +43,15 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "update_and_project", "projections"]
+__all__ = ["available", "status", "update_and_project", "projections", "pack_upper",
+           "symmetric_products"]
 
 #: The custom calls of ``cpu_update.cc``.
-TARGETS = ("jaxprune_update_project", "jaxprune_projections")
+TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
-#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits.
-FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing")
+#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
+#: -fopenmp-simd for the one vectorized sum (it needs no OpenMP runtime).
+FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing", "-fopenmp-simd")
 #: (file pattern under numpy's folder, cblas_sgemm symbol) of the ILP64 OpenBLAS numpy wheels
 #: ship: numpy >= 2 (scipy-openblas) and numpy 1.26.
 OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
@@ -189,3 +193,17 @@ def projections(w, z, block_bytes: int = BLOCK_BYTES) -> jax.Array:
     _load()
     shape = jax.ShapeDtypeStruct(w.shape[:2] + z.shape[1:2], w.dtype)
     return jax.ffi.ffi_call(TARGETS[1], shape)(w, z, block_bytes=np.int64(max(1, block_bytes)))
+
+
+def pack_upper(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, column) indices of an n x n matrix's upper triangle in the order
+    ``symmetric_products`` reads it: row by row, ``K[0, 0..n-1], K[1, 1..n-1], ...``."""
+    return np.triu_indices(n)
+
+
+def symmetric_products(upper, a) -> jax.Array:
+    """``K_f A_f`` of every filter, ``(S, F, n)``, from the upper triangles of the symmetric
+    K_f, ``(S, F, n (n + 1) / 2)`` in ``pack_upper``'s order, and A ``(S, F, n)``; on the CPU
+    only."""
+    _load()
+    return jax.ffi.ffi_call(TARGETS[2], jax.ShapeDtypeStruct(a.shape, a.dtype))(upper, a)

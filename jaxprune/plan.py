@@ -87,6 +87,7 @@ def run_bytes(static: Static) -> int:
     # weights + gradient + updated weights + optimizer slots in floats, plus a bool mask.
     per_weight = (3 + 2 * slots) * f + 1
     samples = static.n + static.n_test
+    # Full Gram matrices: where the CPU keeps their upper triangles this overestimates 2x.
     gram = 2 * static.width * static.n * static.n * f if static.kernel_step else 0
     return weights * per_weight + 2 * static.width * samples * f * 4 + gram
 

@@ -70,11 +70,12 @@ class Static:
     @property
     def kernel_step(self) -> bool:
         """Whether plain GD runs in the kernel formulation (``train``): where ``n^2 <= 2 d``
-        (its per-filter Gram matrices are at most twice the weights, and a step reads n^2
-        numbers per filter instead of multiplying by d columns), the run is long enough to
-        repay building them once (``steps >= n``; they cost about n / 3 direct steps), and
-        segments have at least 2 steps (each starts with a product over W and rebuilds W).
-        ``formulation`` = "direct" or "kernel" forces a choice."""
+        (its per-filter Gram matrices are at most twice the weights, or as large where the
+        CPU keeps their upper triangles, and a step reads them instead of multiplying by d
+        columns), the run is long enough to repay building them once (``steps >= n``; they
+        cost about n / 3 direct steps, half that as triangles), and segments have at least 2
+        steps (each starts with a product over W and rebuilds W). ``formulation`` = "direct"
+        or "kernel" forces a choice."""
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"formulation {self.formulation!r} is not one of {FORMULATIONS}")
         if self.optimizer != "gd" or self.formulation == "direct":

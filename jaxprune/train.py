@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 import optax
 
 from jaxprune import cpu_update, masks
@@ -248,10 +249,11 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 # sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
 #     <W_f(t), z_i> = P0[f,i] - (K_f A_f)_i - B_f v_f[i],     v_f = Z diag(M_f) 1_S,
 #     <W_f(t), 1_S> = c0_f - <A_f, v_f> - B_f |M_f 1_S|.
-# A step reads 2 n^2 numbers per filter instead of multiplying by d columns twice. K and v depend
-# only on the masks and the data: ``build_gram`` makes them once per chunk (about n / 3 direct
-# steps, one GEMM per group); each segment starts with one product P0 = W Z^T and rebuilds W
-# at its end.
+# A step reads the n^2 numbers of K_f per filter instead of multiplying by d columns twice (on
+# the CPU the native products read its upper triangle, n (n + 1) / 2). K and v depend only on
+# the masks and the data: ``build_gram`` makes them once per chunk (about n / 3 direct steps,
+# one GEMM per group); each segment starts with one product P0 = W Z^T and rebuilds W at its
+# end.
 
 #: Bytes of W that one block of the GD update covers (on the CPU of ``benchmarks/RESULTS.md``,
 #: 4 MiB ran up to 20 % faster than 1 MiB in 7 of 10 cases, and at most 5 % slower).
@@ -286,7 +288,8 @@ class Gram(NamedTuple):
     """What the kernel formulation reads every step that only the masks and the training noise
     fix, so one chunk's run can build it once: ``(S, F, ...)`` in the GEMM layout."""
 
-    matrices: jax.Array  # (S, F, n, n): K_f = Z diag(M_f) Z^T
+    matrices: jax.Array  # K_f = Z diag(M_f) Z^T: (S, F, n, n), or (S, F, n (n + 1) / 2)
+    #                      upper triangles for the native products (``_packed_gram``)
     support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
     support_count: jax.Array  # (S, F): |M_f 1_S|
 
@@ -409,34 +412,65 @@ def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_s
     return _DirectCarry(w, b, diverged)
 
 
-def _gram(mask, z, static: Static, block_bytes: int) -> Gram:
-    """Gram matrices (per group, ``M (F x d) @ ZZ (d x n^2)`` with ``ZZ[k] = z_k z_k^T``, in
-    blocks of filters so that no float copy of the whole mask exists)."""
+def _packed_gram(static: Static, native: bool | None = None) -> bool:
+    """Whether the Gram matrices are kept as their upper triangles, which the native products
+    read (half the bytes of the step): where those run (``native``; None: wherever they can)
+    and the CPU is the default backend. Elsewhere they are full: XLA's products of full
+    matrices ran 1.7-3.9x faster than of triangles unpacked first (``benchmarks/RESULTS.md``)."""
+    if native is None:
+        native = cpu_update.available(static.float_dtype)
+    return native and jax.default_backend() == "cpu"
+
+
+def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
+    """Gram matrices (per group, ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z_i * z_j``
+    over all k = n^2 pairs, or the k = n (n + 1) / 2 pairs i <= j where ``packed``, in blocks
+    of filters so that no float copy of the whole mask exists)."""
     n, d, s = static.n, static.d, static.signal_support
     F = mask.shape[1]
     rows = _largest_divisor(F, block_bytes // (d * z.dtype.itemsize))
+    i, j = cpu_update.pack_upper(n) if packed else np.indices((n, n)).reshape(2, -1)
 
     def one_group(group):
         z, mask = group
-        outer = (z[:, None, :] * z[None, :, :]).reshape(n * n, d)
+        outer = z[i] * z[j]
         blocks = jax.lax.map(lambda m: jnp.einsum("fd,kd->fk", m.astype(z.dtype), outer),
                              mask.reshape(F // rows, rows, d))
-        return blocks.reshape(F, n, n)
+        return blocks.reshape((F, len(i)) if packed else (F, n, n))
 
     keep = mask[..., :s].astype(z.dtype)
     return Gram(jax.lax.map(one_group, (z, mask)),
                 jnp.einsum("sfd,snd->sfn", keep, z[..., :s]), jnp.sum(keep, axis=-1))
 
 
+def _full_gram_products(matrices, a):
+    """``K_f A_f`` of all S*F filters from full K_f, as one batched matrix-vector product (as
+    a multiply-and-reduce, or with a leading axis of 1, XLA:CPU is 10-50x slower)."""
+    n = a.shape[-1]
+    return jnp.einsum("fij,fj->fi", matrices.reshape(-1, n, n), a.reshape(-1, n)).reshape(a.shape)
+
+
+def _unpacked_gram_products(upper, a):
+    """``K_f A_f`` by XLA from the upper triangles of the K_f, unpacked first."""
+    i, j = cpu_update.pack_upper(a.shape[-1])
+    position = np.zeros((a.shape[-1],) * 2, np.int32)  # of K[i, j] in the triangle
+    position[i, j] = position[j, i] = np.arange(len(i))
+    return _full_gram_products(upper[..., position], a)
+
+
+def _gram_products(matrices, a):
+    """``K_f A_f``, from full K_f ``(S, F, n, n)`` or their upper triangles ``(S, F, k)``."""
+    if matrices.ndim == a.ndim + 1:
+        return _full_gram_products(matrices, a)
+    return jax.lax.platform_dependent(matrices, a, cpu=cpu_update.symmetric_products,
+                                      default=_unpacked_gram_products)
+
+
 def _kernel_step(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, params,
                  train: Samples, static: Static) -> _KernelCarry:
     """One step from the segment's starting projections ``P0`` and ``c0``."""
     a, support = carry.a, carry.support
-    n = static.n
-    # K_f A_f of all S*F filters as one batched matrix-vector product (as a multiply-and-reduce,
-    # or with a leading axis of 1, XLA:CPU is 10-50x slower).
-    gram_a = jnp.einsum("fij,fj->fi", gram.matrices.reshape(-1, n, n),
-                        a.reshape(-1, n)).reshape(a.shape)
+    gram_a = _gram_products(gram.matrices, a)
     noise_proj = noise_proj0 - gram_a - support * gram.support_noise
     support_sum = (support_sum0 - jnp.sum(a * gram.support_noise, axis=-1)
                    - support[..., 0] * gram.support_count)
@@ -463,7 +497,7 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     diverged = by_group(state.diverged)
     if static.kernel_step:
         if gram is None:
-            gram = _gram(mask, z, static, block_bytes)
+            gram = _gram(mask, z, static, block_bytes, _packed_gram(static, native))
         noise_proj0 = jnp.einsum("sfd,snd->sfn", w, z)
         support_sum0 = _support_sum(w, static)
         start = _KernelCarry(jnp.zeros((S, G * 2 * m, n), w.dtype),
@@ -691,7 +725,8 @@ def build_gram(mask: jax.Array, groups: GroupData, static: Static) -> Gram | Non
     if not static.kernel_step:
         return None
     S, G, m, d = static.groups, static.group_size, static.width, static.d
-    return _gram(mask.reshape(S, G * 2 * m, d), groups.train.noise, static, BLOCK_BYTES)
+    return _gram(mask.reshape(S, G * 2 * m, d), groups.train.noise, static, BLOCK_BYTES,
+                 _packed_gram(static))
 
 
 def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps,

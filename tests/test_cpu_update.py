@@ -80,6 +80,29 @@ def test_native_projections_equal_float64(native, S, F, n, d):
     np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
 
+def symmetric_inputs(S, F, n, seed=0):
+    """Symmetric K ``(S, F, n, n)`` (Gram matrices of random vectors) and A ``(S, F, n)``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((S, F, n, n + 3))
+    return ((x @ np.swapaxes(x, -1, -2)).astype(np.float32),
+            rng.standard_normal((S, F, n)).astype(np.float32))
+
+
+# Filters of n = 1; 600 filters are many of the call's blocks (of at least 32 filters); n = 50
+# and 100 are the kernel formulation's sizes, no multiple of a vector width.
+@pytest.mark.parametrize("S, F, n", [(1, 5, 1), (2, 300, 7), (3, 40, 50), (1, 3, 100)])
+def test_native_symmetric_products_equal_float64(native, S, F, n):
+    k, a = symmetric_inputs(S, F, n)
+    exact = np.einsum("sfij,sfj->sfi", k.astype(np.float64), a)
+    upper = k[(..., *cpu_update.pack_upper(n))]
+    assert upper.shape == (S, F, n * (n + 1) // 2)
+    got = jax.jit(cpu_update.symmetric_products)(upper, a)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    # XLA's products of the triangles unpacked (the path off the CPU) and of the full K.
+    for xla in (train._unpacked_gram_products(upper, a), train._gram_products(k, a)):
+        np.testing.assert_allclose(xla, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
 def _float32_chunk(bias=False):
     """A float32 chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation."""
     raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
@@ -95,12 +118,15 @@ def _float32_chunk(bias=False):
     return static, params, groups
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_gd_with_native_update_equals_xla_update(native, bias):
+@pytest.mark.parametrize("bias, formulation", [(False, "direct"), (True, "direct"),
+                                               (True, "kernel")])
+def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
     """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
-    products (projections carried from step to step) and with XLA's, the weights agree to
-    float32 rounding; so do one step and none."""
+    products (in the direct formulation projections carried from step to step, in the kernel
+    one Gram matrices as upper triangles) and with XLA's, the weights agree to float32
+    rounding; so do one step and none."""
     static, params, groups = _float32_chunk(bias)
+    static = dataclasses.replace(static, formulation=formulation)
     assert static.float_dtype == np.float32 and static.groups == 3
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
