@@ -76,7 +76,7 @@ def main(rev, size, layout, runs, steps, repeats=12):
     programs = {}
     for name, module in (("old", train_at(rev)), ("new", train)):
         state = train.init_state(params, groups, static)
-        gram = train.build_gram(state.mask, groups, static)
+        gram = module.build_gram(state.mask, groups, static)
         compiled = module.train_steps.lower(state, params, groups, jnp.int32(0), static=static,
                                             gram=gram).compile()
         print(f"{name}: temp {compiled.memory_analysis().temp_size_in_bytes / 1e6:.1f} MB",
