@@ -306,3 +306,32 @@ def test_formulation_choice_and_unknown_names():
     assert dataclasses.replace(static, d=31, formulation="kernel").kernel_step
     with pytest.raises(ValueError, match="'kernal' is not one of"):
         dataclasses.replace(chunk.static, formulation="kernal").kernel_step
+
+
+@pytest.mark.parametrize("name, formulation", [("padded-defaults", "direct"),
+                                               ("padded-defaults", "kernel"),
+                                               ("adam-orthogonal", "auto")])
+def test_every_matrix_product_is_float32(name, formulation):
+    """XLA's default precision is TF32 on recent NVIDIA GPUs (bfloat16 passes on TPUs): every
+    matrix product of every program asks for full float32 (HIGHEST; on the CPU the same
+    numbers, so only the programs can show it)."""
+    _, table, chunk = build(OPTION_SETS[name])
+    static = dataclasses.replace(chunk.static, dtype="float32", formulation=formulation)
+    cols = {k: v[chunk.runs.reshape(-1)] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
+    groups = train.make_groups(seeds, static)
+    state = train.init_state(params, groups, static)
+    gram = train.build_gram(state.mask, groups, static)
+    steps = jnp.int32(3)
+    programs = [train.make_groups.lower(seeds, static),
+                train.init_state.lower(params, groups, static),
+                train.mask_stats.lower(state, params, static),
+                train.build_gram.lower(state.mask, groups, static),
+                train.evaluate.lower(state, params, groups, static),
+                train.train_steps.lower(state, params, groups, steps, static, gram),
+                train.advance.lower(state, params, groups, steps, static, gram)]
+    dots = [line for program in programs for line in program.as_text().splitlines()
+            if "dot_general" in line]
+    assert len(dots) >= 5
+    assert all("precision = [HIGHEST, HIGHEST]" in dot for dot in dots), dots
