@@ -5,9 +5,9 @@
 
 For F = 2 m R filters at the sizes of one bench case (``jaxprune.bench.SIZE_SETS``, default
 the quick sweep's, R = 256): XLA's batched matrix-vector product of the full K_f (the step off
-the CPU), XLA's of the upper triangles unpacked first, and the native product of the upper
-triangles (``cpu_update.symmetric_products``, the step on the CPU), each jitted, timed in
-alternation (``bench._interleaved``, medians of REPEATS after a warm-up), with the bytes of K
+the CPU), XLA's of the upper triangles unpacked first, and the native product of the
+interleaved upper triangles (``cpu_update.symmetric_products``, the step on the CPU), each
+jitted, timed in alternation (``bench._interleaved``, medians of REPEATS after a warm-up), with the bytes of K
 each reads per second and its largest deviation from a float64 product.
 """
 
@@ -32,7 +32,7 @@ def main(size="quickstart", runs=256, repeats=25):
     full = x @ np.swapaxes(x, -1, -2)  # symmetric, as the Gram matrices are
     a = rng.standard_normal((1, filters, n), dtype=np.float32)
     i, j = cpu_update.pack_upper(n)
-    upper = np.ascontiguousarray(full[..., i, j])
+    upper = cpu_update.interleave(full[..., i, j])
     exact = np.einsum("sfij,sfj->sfi", full.astype(np.float64), a)
     forms = {"XLA, full K": (jax.jit(train._full_gram_products), full),
              "XLA, triangles unpacked": (jax.jit(train._unpacked_gram_products), upper),

@@ -2,7 +2,7 @@
 //
 //     P = W Z^T                                    W, M: (S, F, d)  Z: (S, n, d)
 //     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
-//     Y_f = K_f A_f                                K_f: symmetric n x n, its upper triangle
+//     Y_f = K_f A_f                                K_f: symmetric n x n, upper triangles
 //
 // jaxprune_update_project does the update and then, while the block's rows of W are still in
 // cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -98,23 +99,53 @@ struct RowBlocks {
   }
 };
 
-// y = K a for one symmetric n x n matrix K given by its upper triangle, row by row
-// (K[0, 0..n-1], K[1, 1..n-1], ...): each stored entry is read once and serves K[i, j] and
-// K[j, i], so the product reads half the bytes of the full matrix (the kernel formulation's
-// step reads nothing else from memory).
-void SymmetricRow(const float* upper, const float* a, float* y, int64_t n) {
-  std::fill_n(y, n, 0.0f);
+// y_l = K_l a_l for L symmetric n x n matrices K_l given by their upper triangles, row by row
+// (K[0, 0..n-1], K[1, 1..n-1], ...) with the L matrices' entries interleaved (entry e of K_l
+// at upper[e * L + l]): each stored entry is read once and serves K[i, j] and K[j, i], so the
+// product reads half the bytes of the full matrices (the kernel formulation's step reads
+// nothing else from memory), and every operation is on L lanes at once, whatever the length
+// of the triangle's row (one matrix at a time, along those short rows, the product ran
+// 1.2-1.3x slower: ``benchmarks/RESULTS.md``).
+// a, y: (L, n) as the filters' rows; at, yt: scratch of n * L floats, the same transposed.
+template <int L>
+void SymmetricLanes(const float* __restrict__ upper, const float* __restrict__ a,
+                    float* __restrict__ y, int64_t n, float* __restrict__ at,
+                    float* __restrict__ yt) {
   for (int64_t i = 0; i < n; ++i) {
-    const float* row = upper - i;  // row[j] = K[i, j] for j >= i
-    const float a_i = a[i];
-    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)  // -fopenmp-simd: vectorize the sum (no OpenMP runtime)
-    for (int64_t j = i + 1; j < n; ++j) {
-      y[j] += row[j] * a_i;
-      dot += row[j] * a[j];
+    for (int l = 0; l < L; ++l) at[i * L + l] = a[l * n + i];
+  }
+  std::fill_n(yt, n * L, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = upper - i * L;  // row[j * L + l] = K_l[i, j] for j >= i
+    float a_i[L], dot[L];
+    for (int l = 0; l < L; ++l) {
+      a_i[l] = at[i * L + l];
+      dot[l] = row[i * L + l] * a_i[l];
     }
-    y[i] += row[i] * a_i + dot;
-    upper += n - i;
+    for (int64_t j = i + 1; j < n; ++j) {
+      for (int l = 0; l < L; ++l) {
+        yt[j * L + l] += row[j * L + l] * a_i[l];
+        dot[l] += row[j * L + l] * at[j * L + l];
+      }
+    }
+    for (int l = 0; l < L; ++l) yt[i * L + l] += dot[l];
+    upper += (n - i) * L;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < L; ++l) y[l * n + i] = yt[i * L + l];
+  }
+}
+
+using SymmetricKernel = void (*)(const float*, const float*, float*, int64_t, float*, float*);
+
+// The kernel for L lanes, or nullptr for an L it is not built for.
+SymmetricKernel SymmetricFor(int64_t lanes) {
+  switch (lanes) {
+    case 1: return SymmetricLanes<1>;
+    case 2: return SymmetricLanes<2>;
+    case 4: return SymmetricLanes<4>;
+    case 8: return SymmetricLanes<8>;
+    default: return nullptr;
   }
 }
 
@@ -189,27 +220,35 @@ ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
-// out (S, F, n): out[s, f] = K[s, f] A[s, f] with K (S, F, n (n + 1) / 2) upper triangles.
+// out (S, F, n): out[s, f] = K[s, f] A[s, f], the upper triangles K (S, F / L, k, L) of the
+// F filters of each s interleaved in groups of L (k = n (n + 1) / 2; see SymmetricLanes).
 ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
                              ffi::Buffer<ffi::F32> a, ffi::ResultBuffer<ffi::F32> out) {
   const auto dims = a.dimensions();
   if (auto error = CheckReady(dims); error.failure()) return error;
+  const auto upper_dims = upper.dimensions();
   const int64_t filters = dims[0] * dims[1], n = dims[2], packed = n * (n + 1) / 2;
-  if (upper.element_count() != filters * packed) {
+  const int64_t lanes = upper_dims.size() == 4 ? upper_dims[3] : 0;
+  const SymmetricKernel kernel = SymmetricFor(lanes);
+  if (kernel == nullptr || upper.element_count() != filters * packed) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "jaxprune: K must be (S, F, n (n + 1) / 2) for A (S, F, n)");
+                      "jaxprune: K must be (S, F / L, n (n + 1) / 2, L), L = 1, 2, 4 or 8, "
+                      "for A (S, F, n)");
   }
   const float* k = upper.typed_data();
   const float* x = a.typed_data();
   float* y = out->typed_data();
+  const int64_t sets = filters / lanes;  // S F is a multiple of L: the element count says so
   // About 8 blocks a thread, so that the threads finish together, of at least 32 filters
   // (a task's overhead is that of a few filters).
-  const int64_t size = std::max<int64_t>(32, (filters + 8 * pool.num_threads() - 1) /
-                                                 (8 * pool.num_threads()));
-  ParallelFor(pool, (filters + size - 1) / size, [=](int64_t i) {
-    const int64_t last = std::min(filters, (i + 1) * size);
-    for (int64_t f = i * size; f < last; ++f) {
-      SymmetricRow(k + f * packed, x + f * n, y + f * n, n);
+  const int64_t size = std::max<int64_t>(32 / lanes, (sets + 8 * pool.num_threads() - 1) /
+                                                         (8 * pool.num_threads()));
+  ParallelFor(pool, (sets + size - 1) / size, [=](int64_t i) {
+    std::vector<float> scratch(2 * n * lanes);
+    const int64_t last = std::min(sets, (i + 1) * size);
+    for (int64_t g = i * size; g < last; ++g) {
+      kernel(k + g * lanes * packed, x + g * lanes * n, y + g * lanes * n, n, scratch.data(),
+             scratch.data() + n * lanes);
     }
   });
   return ffi::Error::Success();

@@ -15,8 +15,9 @@ reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
 W, then the mask and the projections, in blocks of rows that stay in the L2 cache
 (``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products`` reads each
-K_f as its upper triangle only (``pack_upper``): the kernel formulation's step is bound by
-reading the K_f from memory.
+K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters interleaved
+(``interleave``) so that it works on that many filters at once: the kernel formulation's
+step is bound by reading the K_f from memory.
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
 wheel ships.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import pathlib
 import shutil
@@ -43,15 +45,14 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "update_and_project", "projections", "pack_upper",
-           "symmetric_products"]
+__all__ = ["available", "status", "update_and_project", "projections", "LANES", "pack_upper",
+           "lanes", "interleave", "deinterleave", "symmetric_products"]
 
 #: The custom calls of ``cpu_update.cc``.
 TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
-#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
-#: -fopenmp-simd for the one vectorized sum (it needs no OpenMP runtime).
-FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing", "-fopenmp-simd")
+#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits.
+FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing")
 #: (file pattern under numpy's folder, cblas_sgemm symbol) of the ILP64 OpenBLAS numpy wheels
 #: ship: numpy >= 2 (scipy-openblas) and numpy 1.26.
 OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
@@ -195,15 +196,39 @@ def projections(w, z, block_bytes: int = BLOCK_BYTES) -> jax.Array:
     return jax.ffi.ffi_call(TARGETS[1], shape)(w, z, block_bytes=np.int64(max(1, block_bytes)))
 
 
+#: Filters whose triangles ``symmetric_products`` reads interleaved (one 8-float vector).
+LANES = 8
+
+
 def pack_upper(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The (row, column) indices of an n x n matrix's upper triangle in the order
     ``symmetric_products`` reads it: row by row, ``K[0, 0..n-1], K[1, 1..n-1], ...``."""
     return np.triu_indices(n)
 
 
+def lanes(filters: int) -> int:
+    """Filters interleaved in the triangles of ``filters`` filters: ``LANES``, or the largest
+    power of 2 under it that divides ``filters``."""
+    return math.gcd(filters, LANES)
+
+
+def interleave(upper) -> jax.Array:
+    """Triangles ``(..., F, k)`` as ``(..., F / L, k, L)``, L = ``lanes(F)``: the layout
+    ``symmetric_products`` reads."""
+    F, k = upper.shape[-2:]
+    L = lanes(F)
+    return jnp.swapaxes(upper.reshape(upper.shape[:-2] + (F // L, L, k)), -1, -2)
+
+
+def deinterleave(upper) -> jax.Array:
+    """``interleave``'s ``(..., F / L, k, L)`` as ``(..., F, k)``."""
+    upper = jnp.swapaxes(upper, -1, -2)
+    return upper.reshape(upper.shape[:-3] + (-1, upper.shape[-1]))
+
+
 def symmetric_products(upper, a) -> jax.Array:
     """``K_f A_f`` of every filter, ``(S, F, n)``, from the upper triangles of the symmetric
-    K_f, ``(S, F, n (n + 1) / 2)`` in ``pack_upper``'s order, and A ``(S, F, n)``; on the CPU
-    only."""
+    K_f in ``pack_upper``'s order, ``interleave``d: ``(S, F / L, n (n + 1) / 2, L)``, and A
+    ``(S, F, n)``; on the CPU only."""
     _load()
     return jax.ffi.ffi_call(TARGETS[2], jax.ShapeDtypeStruct(a.shape, a.dtype))(upper, a)

@@ -288,8 +288,8 @@ class Gram(NamedTuple):
     """What the kernel formulation reads every step that only the masks and the training noise
     fix, so one chunk's run can build it once: ``(S, F, ...)`` in the GEMM layout."""
 
-    matrices: jax.Array  # K_f = Z diag(M_f) Z^T: (S, F, n, n), or (S, F, n (n + 1) / 2)
-    #                      upper triangles for the native products (``_packed_gram``)
+    matrices: jax.Array  # K_f = Z diag(M_f) Z^T: (S, F, n, n), or for the native products
+    #                      upper triangles (S, F / L, n (n + 1) / 2, L) (``_packed_gram``)
     support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
     support_count: jax.Array  # (S, F): |M_f 1_S|
 
@@ -424,19 +424,24 @@ def _packed_gram(static: Static, native: bool | None = None) -> bool:
 
 def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     """Gram matrices (per group, ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z_i * z_j``
-    over all k = n^2 pairs, or the k = n (n + 1) / 2 pairs i <= j where ``packed``, in blocks
-    of filters so that no float copy of the whole mask exists)."""
+    over all k = n^2 pairs, or the k = n (n + 1) / 2 pairs i <= j where ``packed`` (then
+    ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
+    exists)."""
     n, d, s = static.n, static.d, static.signal_support
     F = mask.shape[1]
-    rows = _largest_divisor(F, block_bytes // (d * z.dtype.itemsize))
+    L = cpu_update.lanes(F) if packed else 1  # blocks of whole sets of interleaved filters
+    rows = L * _largest_divisor(F // L, block_bytes // (L * d * z.dtype.itemsize))
     i, j = cpu_update.pack_upper(n) if packed else np.indices((n, n)).reshape(2, -1)
+
+    def block(m, outer):
+        k = jnp.einsum("fd,kd->fk", m.astype(outer.dtype), outer)
+        return cpu_update.interleave(k) if packed else k.reshape(-1, n, n)
 
     def one_group(group):
         z, mask = group
         outer = z[i] * z[j]
-        blocks = jax.lax.map(lambda m: jnp.einsum("fd,kd->fk", m.astype(z.dtype), outer),
-                             mask.reshape(F // rows, rows, d))
-        return blocks.reshape((F, len(i)) if packed else (F, n, n))
+        blocks = jax.lax.map(lambda m: block(m, outer), mask.reshape(F // rows, rows, d))
+        return blocks.reshape((-1,) + blocks.shape[2:])
 
     keep = mask[..., :s].astype(z.dtype)
     return Gram(jax.lax.map(one_group, (z, mask)),
@@ -451,16 +456,17 @@ def _full_gram_products(matrices, a):
 
 
 def _unpacked_gram_products(upper, a):
-    """``K_f A_f`` by XLA from the upper triangles of the K_f, unpacked first."""
+    """``K_f A_f`` by XLA from the interleaved upper triangles of the K_f, unpacked first."""
     i, j = cpu_update.pack_upper(a.shape[-1])
     position = np.zeros((a.shape[-1],) * 2, np.int32)  # of K[i, j] in the triangle
     position[i, j] = position[j, i] = np.arange(len(i))
-    return _full_gram_products(upper[..., position], a)
+    return _full_gram_products(cpu_update.deinterleave(upper)[..., position], a)
 
 
 def _gram_products(matrices, a):
-    """``K_f A_f``, from full K_f ``(S, F, n, n)`` or their upper triangles ``(S, F, k)``."""
-    if matrices.ndim == a.ndim + 1:
+    """``K_f A_f``, from full K_f ``(S, F, n, n)`` or their interleaved upper triangles
+    ``(S, F / L, k, L)`` (at n = 1 with L = 1 the two are the same numbers)."""
+    if matrices.shape[1:] == a.shape[1:] + a.shape[-1:]:
         return _full_gram_products(matrices, a)
     return jax.lax.platform_dependent(matrices, a, cpu=cpu_update.symmetric_products,
                                       default=_unpacked_gram_products)

@@ -88,19 +88,32 @@ def symmetric_inputs(S, F, n, seed=0):
             rng.standard_normal((S, F, n)).astype(np.float32))
 
 
-# Filters of n = 1; 600 filters are many of the call's blocks (of at least 32 filters); n = 50
-# and 100 are the kernel formulation's sizes, no multiple of a vector width.
-@pytest.mark.parametrize("S, F, n", [(1, 5, 1), (2, 300, 7), (3, 40, 50), (1, 3, 100)])
+# Filters of n = 1; F = 5 and 3 interleave 1 filter, 6 two, 300 four, 40 and 1000 eight (1000
+# and 600 filters make many of the call's blocks); n = 50 and 100 are the kernel formulation's
+# sizes, no multiple of a vector width.
+@pytest.mark.parametrize("S, F, n", [(1, 5, 1), (2, 6, 9), (2, 300, 7), (3, 40, 50),
+                                     (1, 1000, 50), (1, 3, 100)])
 def test_native_symmetric_products_equal_float64(native, S, F, n):
     k, a = symmetric_inputs(S, F, n)
     exact = np.einsum("sfij,sfj->sfi", k.astype(np.float64), a)
     upper = k[(..., *cpu_update.pack_upper(n))]
-    assert upper.shape == (S, F, n * (n + 1) // 2)
-    got = jax.jit(cpu_update.symmetric_products)(upper, a)
+    lanes = cpu_update.interleave(upper)
+    L = {5: 1, 3: 1, 6: 2, 300: 4}.get(F, 8)
+    assert lanes.shape == (S, F // L, n * (n + 1) // 2, L)
+    np.testing.assert_array_equal(lanes[:, 1, :, L - 1], upper[:, 2 * L - 1])
+    np.testing.assert_array_equal(cpu_update.deinterleave(lanes), upper)
+    got = jax.jit(cpu_update.symmetric_products)(lanes, a)
     np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
     # XLA's products of the triangles unpacked (the path off the CPU) and of the full K.
-    for xla in (train._unpacked_gram_products(upper, a), train._gram_products(k, a)):
+    for xla in (train._unpacked_gram_products(lanes, a), train._gram_products(k, a)):
         np.testing.assert_allclose(xla, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+def test_native_symmetric_products_name_a_wrong_layout(native):
+    k, a = symmetric_inputs(1, 6, 4)
+    upper = k[(..., *cpu_update.pack_upper(4))]
+    with pytest.raises(Exception, match=r"L = 1, 2, 4 or 8"):
+        jax.block_until_ready(cpu_update.symmetric_products(upper.reshape(1, 2, 10, 3), a))
 
 
 def _float32_chunk(bias=False):
