@@ -7,8 +7,8 @@ For F = 2 m R filters at the sizes of one bench case (``jaxprune.bench.SIZE_SETS
 the quick sweep's, R = 256): XLA's batched matrix-vector product of the full K_f (the step off
 the CPU), XLA's of the upper triangles unpacked first, and the native product of the
 interleaved upper triangles (``cpu_update.symmetric_products``, the step on the CPU), each
-jitted, timed in alternation (``bench._interleaved``, medians of REPEATS after a warm-up), with the bytes of K
-each reads per second and its largest deviation from a float64 product.
+jitted, timed in alternation (``bench._interleaved``, medians of REPEATS after a warm-up),
+with the bytes of K each reads per second and its largest deviation from a float64 product.
 """
 
 import statistics

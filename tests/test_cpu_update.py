@@ -136,7 +136,7 @@ def _float32_chunk(bias=False):
 def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
     """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
     products (in the direct formulation projections carried from step to step, in the kernel
-    one Gram matrices as upper triangles) and with XLA's, the weights agree to float32
+    one Gram matrices as interleaved upper triangles) and with XLA's, the weights agree to float32
     rounding; so do one step and none."""
     static, params, groups = _float32_chunk(bias)
     static = dataclasses.replace(static, formulation=formulation)

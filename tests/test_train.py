@@ -62,20 +62,24 @@ def build(raw_sections, max_buckets=1):
     return sweep, table, chunk
 
 
+def chunk_data(table, chunk, static):
+    """A chunk's seeds, per-run params and data groups, in its layout's order."""
+    cols = {k: v[chunk.runs.reshape(-1)] for k, v in table.columns.items()}
+    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
+    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
+    return seeds, params, train.make_groups(seeds, static)
+
+
 def run_batched(table, chunk, steps=STEPS, formulation="auto"):
     """Runs a chunk for ``steps`` steps; returns run ids in layout order, state, metrics."""
     assert not (chunk.runs == PAD).any()
-    ids = chunk.runs.reshape(-1)
-    cols = {k: v[ids] for k, v in table.columns.items()}
     static = dataclasses.replace(chunk.static, formulation=formulation)
-    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
-    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
-    groups = train.make_groups(seeds, static)
+    _, params, groups = chunk_data(table, chunk, static)
     state = train.init_state(params, groups, static)
     # As the engine runs a chunk: its Gram matrices (kernel formulation) built once, outside.
     gram = train.build_gram(state.mask, groups, static)
     state, metrics = train.advance(state, params, groups, jnp.int32(steps), static, gram)
-    return ids, jax.device_get(state), jax.device_get(metrics)
+    return chunk.runs.reshape(-1), jax.device_get(state), jax.device_get(metrics)
 
 
 GD_SETS = ("padded-defaults", "kou-gd-bias")
@@ -223,11 +227,9 @@ def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
     a block) still give ``advance``'s numbers."""
     _, table, _ = build(OPTION_SETS[name])
     chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
-    ids, state, _ = run_batched(table, chunk, formulation=formulation)
+    _, state, _ = run_batched(table, chunk, formulation=formulation)
     static = dataclasses.replace(chunk.static, formulation=formulation)
-    cols = {k: v[ids] for k, v in table.columns.items()}
-    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
-    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    _, params, groups = chunk_data(table, chunk, static)
     blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=1, group_block_bytes=1),
                       static_argnames="static")
     state0 = train.init_state(params, groups, static)
@@ -242,10 +244,8 @@ def chunk_inputs(name, max_runs):
     runs a chunk."""
     _, table, _ = build(OPTION_SETS[name])
     chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
-    cols = {k: v[chunk.runs.reshape(-1)] for k, v in table.columns.items()}
-    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, chunk.static.float_dtype))
-    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]])
-    return chunk.static, params, train.make_groups(seeds, chunk.static)
+    _, params, groups = chunk_data(table, chunk, chunk.static)
+    return chunk.static, params, groups
 
 
 @pytest.mark.parametrize("name", ["padded-defaults", "kou-gd-bias", "adam-orthogonal"])
@@ -317,10 +317,7 @@ def test_every_matrix_product_is_float32(name, formulation):
     numbers, so only the programs can show it)."""
     _, table, chunk = build(OPTION_SETS[name])
     static = dataclasses.replace(chunk.static, dtype="float32", formulation=formulation)
-    cols = {k: v[chunk.runs.reshape(-1)] for k, v in table.columns.items()}
-    params = jax.tree.map(jnp.asarray, run_params_from_table(cols, static.float_dtype))
-    seeds = jnp.asarray(table.columns["seed"][chunk.runs[:, 0]], jnp.uint32)
-    groups = train.make_groups(seeds, static)
+    seeds, params, groups = chunk_data(table, chunk, static)
     state = train.init_state(params, groups, static)
     gram = train.build_gram(state.mask, groups, static)
     steps = jnp.int32(3)
