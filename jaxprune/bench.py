@@ -395,16 +395,30 @@ def _steps_for(seconds_per_step: float, target: float, max_steps: int) -> int:
     return int(max(1, min(max_steps, round(target / max(seconds_per_step, 1e-9)))))
 
 
+def square_product(size: int, dtype=np.float32):
+    """``(segment, flop)``: one product of two square ``size x size`` matrices by numpy's BLAS
+    (the library ``cpu_update`` calls), to be timed beside a case's step."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
+    return (lambda: np.matmul(a, b)), 2.0 * size**3
+
+
 def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 5,
                  target_s: float = 0.3, max_steps: int = 200, torch_threads: int = 2,
-                 log=None) -> dict:
+                 peak_size: int | None = None, log=None) -> dict:
     """Times the implementations on one case, interleaved; medians of ``repeats``.
+
+    With ``peak_size``, a square product of that size (``square_product``) takes its turn in
+    the same rotation, so that the case's share of the peak compares the step with the
+    machine as it was while the step was timed (a shared machine's speed drifts by up to 2x
+    over a pass, ``benchmarks/RESULTS.md``).
 
     Returns:
       A dict with the case, ``flop_per_run_step``, ``compile_s`` (of ``advance``), ``eval_s``
       (``train.evaluate``, which ``advance`` ends each segment with), ``gram_s`` (building the
       kernel formulation's Gram matrices, once per chunk; None for the direct one),
-      ``other_cores`` (CPU other processes used while timing), and per implementation
+      ``other_cores`` (CPU other processes used while timing), ``peak_gflops`` (the square
+      product timed beside the step; None without ``peak_size``), and per implementation
       ``steps`` (per timed
       segment), ``step_s`` (median seconds per step of all R runs), ``run_steps_per_s`` and
       ``gflops``; or ``skipped`` with the reason.
@@ -444,6 +458,9 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     steps["advance"] = max(steps["advance"], min(MIN_CALL_STEPS, static.eval_every))
     segments = {k: (lambda f=f, s=steps[k]: f(s)) for k, f in step_fns.items()}
     segments["advance_eval"] = adv.evaluate
+    if peak_size:
+        segments["peak"], peak_flop = square_product(peak_size)
+        segments["peak"]()  # warm-up: OpenBLAS's threads and buffers
     cpu_start = _cpu_sample()
     times = _interleaved(segments, repeats)
     other = _other_cores(cpu_start, _cpu_sample())
@@ -454,6 +471,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
            "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
            "gram_s": adv.gram_s,
            "other_cores": other,
+           "peak_gflops": peak_flop / med["peak"] / 1e9 if peak_size else None,
            "impls": {}, "skipped": skipped}
     for k in runners:
         step_s = med[k] / steps[k]
@@ -470,6 +488,8 @@ def _case_line(r: dict) -> str:
     parts = [f"{c['size']} {c['layout']} R={c['runs']}"]
     for k, v in r["impls"].items():
         parts.append(f"{k} {v['run_steps_per_s']:.4g} run-steps/s ({v['gflops']:.1f} GFLOP/s)")
+    if r.get("peak_gflops"):
+        parts.append(f"square product beside it {r['peak_gflops']:.1f} GFLOP/s")
     return ", ".join(parts)
 
 
@@ -553,7 +573,7 @@ def _memory_child(spec: str) -> None:
     print(json.dumps({
         "baseline": baseline, **peaks, "resettable": resettable,
         "state_bytes": tree_bytes(state), "data_bytes": tree_bytes(groups) + tree_bytes(params),
-        "w_bytes": tree_bytes(state.net.w)}))
+        "w_bytes": tree_bytes(state.net.w), "gram_bytes": tree_bytes(gram)}))
 
 
 def memory_profile(case: Case, timeout: float = 900) -> dict:
@@ -561,7 +581,9 @@ def memory_profile(case: Case, timeout: float = 900) -> dict:
 
     Ratios ``*_ratio`` = (peak RSS of a phase - RSS before allocating) / (state + data bytes),
     for the phases of ``_memory_child``; the programs are compiled before the baseline is
-    taken, so compiler memory is excluded.
+    taken, so compiler memory is excluded. ``gram_ratio``: the kernel formulation's Gram
+    matrices, held for the whole chunk, over the same bytes (0 for the direct step), so that
+    ``advance_ratio - gram_ratio - 1`` is what temporaries and the allocator add.
     """
     code = f"from jaxprune.bench import _memory_child; _memory_child({json.dumps(json.dumps(dataclasses.asdict(case)))})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -573,6 +595,7 @@ def memory_profile(case: Case, timeout: float = 900) -> dict:
     out["case"] = dataclasses.asdict(case)
     for phase in ("setup", "steps", "eval", "advance"):
         out[f"{phase}_ratio"] = (out[f"{phase}_peak"] - out["baseline"]) / total
+    out["gram_ratio"] = out["gram_bytes"] / total
     return out
 
 
@@ -740,10 +763,14 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
     peak = matmul_peak(peak_sizes, repeats=repeats)
     log(f"peak {peak['best_gflops']:.1f} GFLOP/s ({peak['per_size_gflops']})")
     cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb)
+    # numpy's fastest size at the start is timed beside every case (``measure_case``).
+    blas = peak["blas_per_size_gflops"]
+    peak_size = max(blas, key=blas.get)
     result["cases"] = []
     for case in cases:
         result["cases"].append(measure_case(case, impls, repeats, target_s,
-                                            torch_threads=torch_threads, log=log))
+                                            torch_threads=torch_threads, peak_size=peak_size,
+                                            log=log))
     peak_end = matmul_peak(peak_sizes, repeats=repeats)
     log(f"peak at the end {peak_end['best_gflops']:.1f} GFLOP/s")
     result["peak"] = {"start": peak, "end": peak_end,
@@ -795,6 +822,12 @@ def _peak_sizes(peak: dict):
         yield "numpy", peak["blas_per_size_gflops"]
 
 
+def _beside(r: dict, adv: dict) -> str:
+    """The "peak beside | % of it" cells of a row (n/a in results from before they existed)."""
+    local = r.get("peak_gflops")
+    return f"{local:.1f} | {100 * adv['gflops'] / local:.0f} %" if local else "n/a | n/a"
+
+
 def format_markdown(result: dict) -> str:
     """The measurements as markdown tables (paste into ``benchmarks/RESULTS.md``)."""
     m = result["machine"]
@@ -816,6 +849,10 @@ def format_markdown(result: dict) -> str:
         f"The step's CPU products: {m.get('cpu_products', 'XLA (before cpu_update existed)')}.",
         "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
         "less this process's CPU time; 0 = a quiet machine).",
+        "peak beside: numpy's square product of the size fastest at the start, timed in the "
+        "same rotation as the row's implementations; \"% of it\" is the row's share of the "
+        "machine as it ran while the row was timed, \"% of peak\" its share of the pass's "
+        "best.",
         f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
         f"{result['settings']['torch_threads']} (OMP_WAIT_POLICY="
         f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
@@ -824,9 +861,10 @@ def format_markdown(result: dict) -> str:
         "formula's work per second (equivalent throughput) and can exceed the peak.",
         "",
         "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
+        "| peak beside | % of it "
         "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
         "| compile s | eval s | Gram s | others' CPU |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
@@ -838,7 +876,8 @@ def format_markdown(result: dict) -> str:
             f"| {c['size']} ({c['d']}, {c['n']}, {c['width']}) | {c['layout']} | {c['runs']} "
             f"| {r['S']} x {r['G']} | {r.get('formulation', 'direct')} "
             f"| {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
-            f"| {100 * adv['gflops'] / peak:.0f} % | {cell(loop)} | {cell(tor)} | {ratio(tor)} "
+            f"| {100 * adv['gflops'] / peak:.0f} % | {_beside(r, adv)} "
+            f"| {cell(loop)} | {cell(tor)} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
             f"| {_cores_text(r.get('other_cores'))} |")
@@ -849,20 +888,22 @@ def format_markdown(result: dict) -> str:
         lines += ["", "Peak RSS of a fresh process per row, over its RSS before allocating "
                   "(programs compiled first), divided by state + data bytes:", "",
                   "| sizes | layout | R | state MB | data MB | baseline RSS MB "
-                  f"| steps only | evaluate | advance, {ADVANCE_CALLS} calls | setup |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| steps only | evaluate | advance, {ADVANCE_CALLS} calls | setup "
+                  "| of which Gram |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for mrow in result["memory"]:
             c = mrow["case"]
             if "error" in mrow:
                 lines.append(f"| {c['size']} | {c['layout']} | {c['runs']} | error: "
-                             f"{mrow['error'][-80:]} | | | | | |")
+                             f"{mrow['error'][-80:]} | | | | | | |")
                 continue
             mb = lambda b: f"{b / 1e6:,.0f}"  # noqa: E731
             lines.append(
                 f"| {c['size']} | {c['layout']} | {c['runs']} | {mb(mrow['state_bytes'])} "
                 f"| {mb(mrow['data_bytes'])} | {mb(mrow['baseline'])} "
                 f"| {mrow['steps_ratio']:.2f} | {mrow['eval_ratio']:.2f} "
-                f"| {mrow['advance_ratio']:.2f} | {mrow['setup_ratio']:.2f} |")
+                f"| {mrow['advance_ratio']:.2f} | {mrow['setup_ratio']:.2f} "
+                f"| {mrow.get('gram_ratio', float('nan')):.2f} |")
     if result.get("compiles"):
         cc = result["compiles"]
         lines += ["", f"Sweep over {cc['d_values']} values of d ({cc['runs']} runs, n = 100, "

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprune import bench, cli
+from jaxprune import bench, cli, train
 
 TINY = dict(size="tiny", d=40, n=8, width=4, n_test=16)
 
@@ -100,6 +100,9 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     text = bench.format_markdown(result)
     assert "| tiny (40, 8, 4) | shared | 2 | 1 x 2 |" in text
     assert "| tiny (40, 8, 4) | seeds | 4 | 4 x 1 |" in text
+    for r in result["cases"]:  # the square product timed beside each case, and its share
+        share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
+        assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
     json.dumps(result, default=str)
 
 
@@ -112,6 +115,14 @@ def test_memory_profile_of_a_tiny_case():
     assert m["data_bytes"] == data_bytes
     for phase in ("setup", "steps", "eval", "advance"):
         assert m[f"{phase}_peak"] >= m["baseline"] > 0
+    # The tiny sizes run the kernel formulation: its Gram matrices are reported apart.
+    assert static.kernel_step
+    params, seeds = bench.case_inputs(static)
+    groups = jax.eval_shape(lambda s: train.make_groups(s, static), seeds)
+    state = jax.eval_shape(lambda p, g: train.init_state(p, g, static), params, groups)
+    gram = train.build_gram.eval_shape(state.mask, groups, static)
+    assert m["gram_bytes"] == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(gram)) > 0
+    assert m["gram_ratio"] == m["gram_bytes"] / (state_bytes + data_bytes)
 
 
 def test_compile_count_of_a_d_sweep():
