@@ -54,13 +54,16 @@ struct Blocks {
   std::mutex mutex;
   std::condition_variable finished;
 
-  // Takes blocks until none is left; OpenBLAS runs on this thread only (XLA's pool is the
-  // parallelism: OpenBLAS's own threads beside XLA's ran the step 2.5x slower on 2 cores).
+  // Takes blocks until none is left. OpenBLAS runs on one thread (XLA's pool is the
+  // parallelism: OpenBLAS's own threads beside XLA's ran the step 2.5x slower on 2 cores):
+  // ParallelFor sets that and puts the old count back; a thread sets it again before its
+  // first block in case an OpenBLAS ever keeps the count per thread.
   void Work() {
-    const int previous = set_threads_local(1);
     int64_t ran = 0;
-    for (int64_t i; (i = next.fetch_add(1)) < count; ++ran) run(i);
-    set_threads_local(previous);
+    for (int64_t i; (i = next.fetch_add(1)) < count; ++ran) {
+      if (ran == 0) set_threads_local(1);
+      run(i);
+    }
     if (ran > 0 && done.fetch_add(ran) + ran == count) {
       std::lock_guard<std::mutex> lock(mutex);
       finished.notify_all();
@@ -69,15 +72,23 @@ struct Blocks {
 };
 
 // run(0), ..., run(count - 1) on the caller and XLA's intra-op threads; returns when all ran.
+// OpenBLAS's thread count is one global (its openblas_set_num_threads_local sets the global
+// count and returns the old one), so it is set and put back here, around all the blocks: a
+// thread that put back what it had read could leave it at 1, the count another thread had
+// set, and numpy's products on one thread for the rest of the process.
 void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
+  const int previous = set_threads_local(1);
   auto blocks = std::make_shared<Blocks>();
   blocks->count = count;
   blocks->run = std::move(run);
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([blocks] { blocks->Work(); });
   blocks->Work();
-  std::unique_lock<std::mutex> lock(blocks->mutex);
-  blocks->finished.wait(lock, [&] { return blocks->done.load() == count; });
+  {
+    std::unique_lock<std::mutex> lock(blocks->mutex);
+    blocks->finished.wait(lock, [&] { return blocks->done.load() == count; });
+  }
+  set_threads_local(previous);  // after every block: each set 1 before running
 }
 
 // The rows of each of S matrices of `rows` rows, cut into blocks of equal size of about

@@ -202,3 +202,21 @@ def test_block_bytes_are_one_cores_l2_cache(tmp_path):
     assert cpu_update._l2_bytes(cache((2, "64K"))) == 256 << 10  # clamped
     assert cpu_update._l2_bytes(cache((1, "32K"))) == 512 << 10  # no L2: the default
     assert cpu_update._l2_bytes(tmp_path / "absent") == 512 << 10
+
+
+def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
+    """OpenBLAS's thread count is one global: the calls set it to 1 while their blocks run on
+    XLA's threads and must put it back after (each thread restoring what it had read left
+    numpy's own products on one thread for the rest of the process)."""
+    _, set_threads = cpu_update._openblas()
+    w, step_noise, step_support, mask, z = update_inputs(2, 64, 8, 256)
+    update = jax.jit(functools.partial(cpu_update.update_and_project, support=1,
+                                       block_bytes=1024))  # one row a block: 128 blocks
+    project = jax.jit(functools.partial(cpu_update.projections, block_bytes=1024))
+    proj = np.zeros((2, 64, 8), np.float32)
+    for threads in (3, 2):
+        set_threads(threads)
+        for _ in range(20):
+            w, proj = update(w, proj, step_noise, step_support, mask, z, True)
+            jax.block_until_ready(project(w, z))
+        assert set_threads(threads) == threads
