@@ -24,8 +24,10 @@ pre-activations ``W (2m x d) @ Z^T (d x n)`` and the gradient ``dH (2m x n) @ Z 
 
 Not counted: the signal-patch projections (``O(m s n)``), activations, loss and update
 (``O(m n)`` and ``O(m d)`` elementwise work). Achieved FLOP/s = run-steps/s * that count; the
-machine's float32 matrix-product peak is measured in the same process (square ``jnp.dot`` at
-several sizes, the best median), so the fraction of peak compares like with like.
+machine's float32 matrix-product peak is measured in the same process (square ``jnp.dot`` and
+numpy products at several sizes, the best median, at the start and the end), and numpy's
+fastest size is timed again in every case's rotation ("peak beside"), so the fraction of peak
+compares like with like.
 
 Layouts: ``shared`` = R runs that share one seed (S = 1 group of G = R runs: their products
 with the shared data are one GEMM of ``(R*2m x d) @ (d x n)``); ``seeds`` = R seeds with one
