@@ -412,8 +412,8 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
 
     With ``peak_size``, a square product of that size (``square_product``) takes its turn in
     the same rotation, so that the case's share of the peak compares the step with the
-    machine as it was while the step was timed (a shared machine's speed drifts by up to 2x
-    over a pass, ``benchmarks/RESULTS.md``).
+    machine as it was while the step was timed (on a shared machine other work comes and
+    goes over a pass).
 
     Returns:
       A dict with the case, ``flop_per_run_step``, ``compile_s`` (of ``advance``), ``eval_s``

@@ -214,9 +214,11 @@ def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
                                        block_bytes=1024))  # one row a block: 128 blocks
     project = jax.jit(functools.partial(cpu_update.projections, block_bytes=1024))
     proj = np.zeros((2, 64, 8), np.float32)
+    original = set_threads(3)
     for threads in (3, 2):
         set_threads(threads)
         for _ in range(20):
             w, proj = update(w, proj, step_noise, step_support, mask, z, True)
             jax.block_until_ready(project(w, z))
         assert set_threads(threads) == threads
+    set_threads(original)
