@@ -2,12 +2,14 @@
 times computes the same step as ``train.advance`` (speed itself is never asserted here)."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from jaxprune import bench, cli, train
+from jaxprune.config import load_sweep
 
 TINY = dict(size="tiny", d=40, n=8, width=4, n_test=16)
 
@@ -35,6 +37,11 @@ def test_timed_steps_are_advance_without_its_evaluation(layout):
     np.testing.assert_array_equal(other.weights(), runner.weights())
     np.testing.assert_array_equal(np.asarray(other.state.diverged),
                                   np.asarray(runner.state.diverged))
+
+
+def test_quickstart_sizes_are_those_of_the_quick_sweep():
+    sweep = load_sweep(Path(__file__).parents[1] / "sweeps" / "quickstart.toml")
+    assert bench.SIZE_SETS["quickstart"] == tuple(sweep.values[k][0] for k in ("d", "n", "width"))
 
 
 def test_flop_formula():
