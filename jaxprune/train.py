@@ -267,8 +267,10 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: Bytes of W and examples of one block of runs of an evaluation: its temporaries (the
 #: projections of the training and test examples, ``(n + n_test) x 2m`` floats a run, and the
 #: block's copy of its slice of the state and data) then stay a fraction of the state (all
-#: runs at once, they were 0.4x of it at d = 1000, n_test = 500).
-EVAL_BLOCK_BYTES = 1 << 24
+#: runs at once, they were 0.4x of it at d = 1000, n_test = 500). 4 MiB evaluated as fast as
+#: 16 MiB (0.93-1.07x) and held quickstart's R = 256 at 1.47x state + data, not 1.65x; 1 MiB
+#: was up to 1.3x slower (``benchmarks/RESULTS.md``, 2026-12-04).
+EVAL_BLOCK_BYTES = 1 << 22
 
 
 class _DirectCarry(NamedTuple):
@@ -716,19 +718,21 @@ def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: S
     examples = (static.n + static.n_test) * static.d * static.float_dtype.itemsize
     axis, k = _run_blocks(static, block_bytes, group_bytes=examples)
     part = dataclasses.replace(static, **({"group_size": k} if axis == 1 else {"groups": k}))
-    count = static.groups * static.group_size // (part.groups * part.group_size)
-    split = lambda a: a.reshape((count, a.shape[0] // count) + a.shape[1:])  # noqa: E731
+    runs = part.groups * part.group_size
 
-    def block(xs):
-        net, mask, p, group = xs
-        group = groups if axis == 1 else group
+    def block(i):
+        # Slices inside the loop, not lax.map over arrays reshaped to (blocks, k, ...): with
+        # k = 1, XLA:CPU laid that reshape out with the unit axis major and copied every
+        # argument, state and data, to feed the loop.
+        cut = lambda size: lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size)  # noqa: E731
+        net, mask, p = jax.tree.map(cut(runs), (state.net, state.mask, params))
+        group = groups if axis == 1 else jax.tree.map(cut(k), groups)
         initial_proj = _initial_projections(mask, p, group, part)
         metrics = over_runs(
             lambda net, m, p0, p, group: _metrics_run(net, m, p0, p, group, part), part)
         return metrics(net, mask, initial_proj, p, group)
 
-    run_args = jax.tree.map(split, (state.net, state.mask, params))
-    out = jax.lax.map(block, (*run_args, None if axis == 1 else jax.tree.map(split, groups)))
+    out = jax.lax.map(block, jnp.arange(static.groups * static.group_size // runs))
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
 

@@ -282,6 +282,24 @@ def test_evaluation_in_blocks_equals_one_block(name, max_runs):
                                    err_msg=key)
 
 
+def test_evaluation_one_group_a_block_copies_no_state_or_data():
+    """At the quick sweep's sizes, 7 seeds, a block holds one group (its 2030 examples are
+    16 MB): the evaluation's temporaries are one block's, not a copy of every argument (which
+    XLA:CPU made to feed a loop over arrays reshaped to (blocks, 1, ...)). Compiled only."""
+    from jaxprune import bench
+
+    case = bench.Case("quickstart", d=2000, n=30, width=20, runs=7, layout="seeds", n_test=2000)
+    static = bench.case_static(case)
+    examples = (static.n + static.n_test) * static.d * 4
+    assert train._run_blocks(static, train.EVAL_BLOCK_BYTES, examples) == (0, 1)
+    params, seeds = bench.case_inputs(static)
+    groups = jax.eval_shape(functools.partial(train.make_groups, static=static), seeds)
+    state = jax.eval_shape(functools.partial(train.init_state, static=static), params, groups)
+    memory = train.evaluate.lower(state, params, groups, static=static).compile() \
+        .memory_analysis()
+    assert memory.temp_size_in_bytes < 0.3 * memory.argument_size_in_bytes
+
+
 def test_compiler_options_only_for_cpu_only_installs_of_jaxlib_0_9_on(monkeypatch):
     import pkgutil
 
