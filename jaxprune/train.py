@@ -267,9 +267,10 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: Bytes of W and examples of one block of runs of an evaluation: its temporaries (the
 #: projections of the training and test examples, ``(n + n_test) x 2m`` floats a run, and the
 #: block's copy of its slice of the state and data) then stay a fraction of the state (all
-#: runs at once, they were 0.4x of it at d = 1000, n_test = 500). 4 MiB evaluated as fast as
-#: 16 MiB (0.93-1.07x) and held quickstart's R = 256 at 1.47x state + data, not 1.65x; 1 MiB
-#: was up to 1.3x slower (``benchmarks/RESULTS.md``, 2026-12-04).
+#: runs at once, they were 0.4x of it at d = 1000, n_test = 500). Against 16 MiB, 4 MiB took
+#: 0.77-1.09x the time and cut the peak over state + data from 1.30x to 1.17x (quickstart,
+#: R = 256) and from 1.40x to 1.28x (d = 1000, R = 256); 1 MiB was up to 1.2x slower
+#: (``benchmarks/eval_blocks.py``, ``benchmarks/RESULTS.md``, 2026-12-04).
 EVAL_BLOCK_BYTES = 1 << 22
 
 
