@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_dict
-from jaxprune import train
+from jaxprune import bench, train
 from jaxprune.config import sweep_from_dict
 from jaxprune.model import Network
 from jaxprune.plan import PAD, plan_chunks
@@ -286,8 +286,6 @@ def test_evaluation_one_group_a_block_copies_no_state_or_data():
     """At the quick sweep's sizes, 7 seeds, a block holds one group (its 2030 examples are
     16 MB): the evaluation's temporaries are one block's, not a copy of every argument (which
     XLA:CPU made to feed a loop over arrays reshaped to (blocks, 1, ...)). Compiled only."""
-    from jaxprune import bench
-
     case = bench.Case("quickstart", d=2000, n=30, width=20, runs=7, layout="seeds", n_test=2000)
     static = bench.case_static(case)
     examples = (static.n + static.n_test) * static.d * 4
