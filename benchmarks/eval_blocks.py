@@ -36,7 +36,7 @@ def _inputs(size, runs, layout):
 
 
 def _evaluation(static, args, mib):
-    fn = train._float32_products(
+    fn = train._static_precision(
         functools.partial(train._evaluate, static=static, block_bytes=mib << 20))
     return jax.jit(fn, compiler_options=train.COMPILER_OPTIONS).lower(*args).compile()
 

@@ -104,6 +104,8 @@ FIELDS: dict[str, Field] = {
                               axis=False),
     "dtype": Field("train", "choice", "float32", '"float32" or "float64"',
                    choices=("float32", "float64"), axis=False),
+    "matmul_precision": Field("train", "choice", "float32", '"float32" or "tensorfloat32"',
+                              choices=("float32", "tensorfloat32"), axis=False),
 }
 
 SECTIONS = ("data", "model", "prune", "train", "sweep")

@@ -24,7 +24,7 @@ SIZES = ("d", "n", "n_test", "width")
 #: Fields that select a program (a sweep over one of these makes one bucket per value).
 STATIC_FIELDS = ("signal_support", "noise_orthogonal", "activation_power", "output_scale",
                  "patch_pool", "bias", "init", "mask", "nested", "optimizer", "momentum",
-                 "steps", "eval_every", "dtype")
+                 "steps", "eval_every", "dtype", "matmul_precision")
 
 
 #: How plain GD may be computed (``Static.formulation``; "auto" lets ``kernel_step`` choose).
@@ -39,6 +39,8 @@ class Static:
     ``group_size`` (G) lay the R = S * G runs of a chunk out as S data groups (one seed each)
     of G runs that share their training and test sets. ``formulation`` picks how plain GD is
     computed ("auto", "direct" or "kernel"; the numbers agree to rounding).
+    ``matmul_precision`` is the precision of float32 matrix products ("float32" or
+    "tensorfloat32", see ``train._static_precision``).
     """
 
     d: int
@@ -59,6 +61,8 @@ class Static:
     steps: int
     eval_every: int
     dtype: str
+    # A default, so that a plan.json written before this field existed still loads.
+    matmul_precision: str = "float32"
     groups: int = 1
     group_size: int = 1
     formulation: str = "auto"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import pkgutil
 from typing import Any, NamedTuple
 
@@ -645,21 +646,31 @@ def over_runs(fn, static: Static):
     return batched
 
 
-def _float32_products(fn):
-    """``fn`` with its float32 matrix products in true float32 on every backend: XLA's default
-    precision is TF32 on recent NVIDIA GPUs and bfloat16 passes on TPUs (inputs rounded to 10
-    or 8 bits of mantissa, not 23), which would make a sweep's numbers depend on where it ran."""
+def _static_precision(fn):
+    """``fn`` with its float32 matrix products at the precision its ``static`` argument names
+    (``Static.matmul_precision``; ``static`` passed by keyword or by position, or bound by
+    ``functools.partial``).
+
+    "float32" (the default) computes them in true float32 on every backend (HIGHEST): XLA's
+    own default is TF32 on recent NVIDIA GPUs and bfloat16 passes on TPUs (inputs rounded to
+    10 or 8 bits of mantissa, not 23), which would make a sweep's numbers depend on where it
+    ran. "tensorfloat32" asks for HIGH: TF32 on NVIDIA GPUs since Ampere (faster, coarser, and
+    the numbers then depend on the machine), three bfloat16 passes on TPUs, true float32 on
+    the CPU. Float64 products are computed in float64 either way."""
+    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        with jax.default_matmul_precision("float32"):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with jax.default_matmul_precision(bound.arguments["static"].matmul_precision):
             return fn(*args, **kwargs)
 
     return wrapped
 
 
 @functools.partial(jax.jit, static_argnames="static")
-@_float32_products
+@_static_precision
 def make_groups(seeds: jax.Array, static: Static) -> GroupData:
     """The data and draws of each of the S seeds, ``(S, ...)``, made a few seeds at a time
     (about ``BLOCK_BYTES`` each): the random draws' temporaries then stay small (vmapped over
@@ -671,7 +682,7 @@ def make_groups(seeds: jax.Array, static: Static) -> GroupData:
 
 
 @functools.partial(jax.jit, static_argnames="static")
-@_float32_products
+@_static_precision
 def init_state(params: RunParams, groups: GroupData, static: Static) -> TrainState:
     """Masks, initial networks and optimizer states of the R runs."""
     init = over_runs(lambda p, group: _init_run(p, group, static), static)
@@ -681,7 +692,7 @@ def init_state(params: RunParams, groups: GroupData, static: Static) -> TrainSta
 
 
 @functools.partial(jax.jit, static_argnames="static")
-@_float32_products
+@_static_precision
 def mask_stats(state: TrainState, params: RunParams, static: Static) -> MaskStats:
     """Realized pruning fraction and signal-carrying filters of every run."""
     return jax.vmap(lambda m, p: _mask_stats_run(m, p, static))(state.mask, params)
@@ -738,7 +749,7 @@ def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: S
 
 
 @functools.partial(jax.jit, static_argnames="static", compiler_options=COMPILER_OPTIONS)
-@_float32_products
+@_static_precision
 def evaluate(state: TrainState, params: RunParams, groups: GroupData,
              static: Static) -> Metrics:
     """Every run's metrics at the current step."""
@@ -746,7 +757,7 @@ def evaluate(state: TrainState, params: RunParams, groups: GroupData,
 
 
 @functools.partial(jax.jit, static_argnames="static", compiler_options=COMPILER_OPTIONS)
-@_float32_products
+@_static_precision
 def build_gram(mask: jax.Array, groups: GroupData, static: Static) -> Gram | None:
     """The kernel formulation's per-filter Gram matrices of a chunk, from its masks
     ``(R, 2, m, d)``; None where plain GD runs directly (or the optimizer is not GD). Pass
@@ -769,7 +780,7 @@ def _train_steps(state: TrainState, params: RunParams, groups: GroupData, num_st
 
 @functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
                    compiler_options=COMPILER_OPTIONS)
-@_float32_products
+@_static_precision
 def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
                 static: Static, gram: Gram | None = None) -> TrainState:
     """``num_steps`` training steps of every run (one ``fori_loop``; ``num_steps`` is traced,
@@ -780,7 +791,7 @@ def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_ste
 
 @functools.partial(jax.jit, static_argnames="static", donate_argnums=0,
                    compiler_options=COMPILER_OPTIONS)
-@_float32_products
+@_static_precision
 def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
             static: Static, gram: Gram | None = None) -> tuple[TrainState, Metrics]:
     """``train_steps``, then every run's metrics."""

@@ -117,6 +117,12 @@ BAD = {
                                                  'allowed: "bernoulli" or "exact"'),
     "unknown dtype": ('[train]\ndtype = "float16"', "train.dtype: 'float16' is not allowed; "
                                                     'allowed: "float32" or "float64"'),
+    "unknown matmul_precision": ('[train]\nmatmul_precision = "tf32"',
+                                 "train.matmul_precision: 'tf32' is not allowed; allowed: "
+                                 '"float32" or "tensorfloat32"'),
+    "matmul_precision not a string": ("[train]\nmatmul_precision = 32",
+                                      "train.matmul_precision: 32 is not a string; allowed: "
+                                      '"float32" or "tensorfloat32"'),
     "name with a slash": ('name = "a/b"', "name: must be a non-empty string without '/'"),
     "empty name": ('name = ""', "name: must be a non-empty string without '/'"),
     # ranges
@@ -160,6 +166,9 @@ BAD = {
     "list of a fixed field": ('[train]\ndtype = ["float32", "float64"]',
                               'train.dtype: cannot be swept; give one value ("float32" or '
                               '"float64")'),
+    "list of matmul_precision": ('[train]\nmatmul_precision = ["float32", "tensorfloat32"]',
+                                 "train.matmul_precision: cannot be swept; give one value "
+                                 '("float32" or "tensorfloat32")'),
     "repeated values": ("[prune]\nfraction = [0.5, 0.0, 0.5]",
                         "prune.fraction: 0.5 appears twice; values must not repeat"),
     # empty grids and bad seeds
@@ -247,6 +256,14 @@ def test_boundary_values_are_allowed(tmp_path):
     assert v["activation_power"] == (1.0,) and v["momentum"] == (0.0,)
     assert v["fraction"] == (0.0, 0.999)
     assert sweep.seeds == (0, 2**31 - 1)
+
+
+def test_matmul_precision(tmp_path):
+    """TF32 products are a [train] option, one value per sweep; float32 by default."""
+    assert load_text(tmp_path, "").values["matmul_precision"] == ("float32",)
+    sweep = load_text(tmp_path, '[train]\nmatmul_precision = "tensorfloat32"')
+    assert sweep.values["matmul_precision"] == ("tensorfloat32",) and sweep.axes == []
+    assert 'matmul_precision = "tensorfloat32"' in sweep.to_toml()
 
 
 def test_types_are_normalized(tmp_path):
@@ -372,7 +389,8 @@ def test_fixed_sweep_has_one_run_per_seed(tmp_path):
 DEFAULTS = {
     "output_scale": "mean", "patch_pool": "sum", "init": "normal", "init_std": 0.01,
     "bias": False, "noise_orthogonal": False, "label_flip": 0.0, "signal_support": 1,
-    "mask": "bernoulli", "nested": True, "optimizer": "gd",
+    "mask": "bernoulli", "nested": True, "optimizer": "gd", "dtype": "float32",
+    "matmul_precision": "float32",
 }
 
 KOU2023 = {

@@ -3,7 +3,8 @@
 import numpy as np
 
 from conftest import tiny_sweep
-from jaxprune.plan import PAD, padded_sizes, plan_chunks, run_bytes
+from jaxprune.plan import (PAD, chunk_from_json, chunk_to_json, padded_sizes, plan_chunks,
+                           run_bytes)
 
 
 def test_padded_sizes_minimise_padded_work_with_few_buckets():
@@ -56,3 +57,15 @@ def test_memory_budget_bounds_the_chunk():
     small = plan_chunks(table, memory_budget=5 * per_run)
     assert len(chunks) == 1 and len(small) > 1
     assert all(c.static.runs * per_run <= 5 * per_run for c in small)
+
+
+def test_matmul_precision_reaches_the_program_and_the_plan():
+    """The option is part of every chunk's ``Static``; a plan.json written before the option
+    existed reads as float32."""
+    (chunk,) = plan_chunks(tiny_sweep(train={"matmul_precision": "tensorfloat32"}).run_table(),
+                           memory_budget=2**33)
+    assert chunk.static.matmul_precision == "tensorfloat32"
+    saved = chunk_to_json(chunk)
+    assert chunk_from_json(saved).static == chunk.static
+    del saved["static"]["matmul_precision"]
+    assert chunk_from_json(saved).static.matmul_precision == "float32"

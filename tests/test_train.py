@@ -327,24 +327,28 @@ def test_formulation_choice_and_unknown_names():
 @pytest.mark.parametrize("name, formulation", [("padded-defaults", "direct"),
                                                ("padded-defaults", "kernel"),
                                                ("adam-orthogonal", "auto")])
-def test_every_matrix_product_is_float32(name, formulation):
+def test_every_matrix_product_has_the_static_precision(name, formulation):
     """XLA's default precision is TF32 on recent NVIDIA GPUs (bfloat16 passes on TPUs): every
-    matrix product of every program asks for full float32 (HIGHEST; on the CPU the same
-    numbers, so only the programs can show it)."""
+    matrix product of every program asks for full float32 (HIGHEST) by default, and for TF32
+    (HIGH) with ``matmul_precision = "tensorfloat32"`` (on the CPU the same numbers, so only
+    the programs can show it). ``static`` is passed by position and by keyword."""
     _, table, chunk = build(OPTION_SETS[name])
     static = dataclasses.replace(chunk.static, dtype="float32", formulation=formulation)
+    assert static.matmul_precision == "float32"
     seeds, params, groups = chunk_data(table, chunk, static)
     state = train.init_state(params, groups, static)
     gram = train.build_gram(state.mask, groups, static)
     steps = jnp.int32(3)
-    programs = [train.make_groups.lower(seeds, static),
-                train.init_state.lower(params, groups, static),
-                train.mask_stats.lower(state, params, static),
-                train.build_gram.lower(state.mask, groups, static),
-                train.evaluate.lower(state, params, groups, static),
-                train.train_steps.lower(state, params, groups, steps, static, gram),
-                train.advance.lower(state, params, groups, steps, static, gram)]
-    dots = [line for program in programs for line in program.as_text().splitlines()
-            if "dot_general" in line]
-    assert len(dots) >= 5
-    assert all("precision = [HIGHEST, HIGHEST]" in dot for dot in dots), dots
+    for precision, expected in (("float32", "HIGHEST"), ("tensorfloat32", "HIGH")):
+        static = dataclasses.replace(static, matmul_precision=precision)
+        programs = [train.make_groups.lower(seeds, static),
+                    train.init_state.lower(params, groups, static),
+                    train.mask_stats.lower(state, params, static=static),
+                    train.build_gram.lower(state.mask, groups, static),
+                    train.evaluate.lower(state, params, groups, static=static),
+                    train.train_steps.lower(state, params, groups, steps, static, gram),
+                    train.advance.lower(state, params, groups, steps, static, gram)]
+        dots = [line for program in programs for line in program.as_text().splitlines()
+                if "dot_general" in line]
+        assert len(dots) >= 5
+        assert all(f"precision = [{expected}, {expected}]" in dot for dot in dots), dots
