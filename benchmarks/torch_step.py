@@ -42,22 +42,28 @@ class TorchStep:
       clean: ``(S, n)`` clean labels; ``flip_draw``: ``(S, n)`` label-flip draws.
       static: the ``Static`` of the chunk (sizes, options, ``groups`` and ``group_size``).
       threads: ``torch.set_num_threads`` value (None: leave PyTorch's default).
+      device: where the tensors live and the step runs ("cpu" or "cuda").
+      tf32: let CUDA's float32 products use TF32 (PyTorch's default is full float32).
     """
 
-    def __init__(self, w, mask, params, noise, clean, flip_draw, static, threads: int | None = 2):
+    def __init__(self, w, mask, params, noise, clean, flip_draw, static, threads: int | None = 2,
+                 device: str = "cpu", tf32: bool = False):
         if static.optimizer != "gd" or static.bias:
             raise NotImplementedError("the torch step implements plain gd without bias only")
         if not float(static.activation_power).is_integer():
             raise NotImplementedError("the torch step implements integer activation powers")
         if threads is not None:
             torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[static.dtype]
         S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
         self.S, self.G, self.m, self.d, self.n = S, G, m, d, n
         self.q = int(static.activation_power)
         self.s = static.signal_support
         self.pool = 0.5 if static.patch_pool == "mean" else 1.0
-        t = lambda a, dt=self.dtype: torch.as_tensor(np.array(a, copy=True)).to(dt)  # noqa: E731
+        t = lambda a, dt=self.dtype: torch.as_tensor(np.array(a, copy=True)).to(  # noqa: E731
+            self.device, dt)
 
         self.w = t(w).reshape(S, G * 2 * m, d).contiguous()
         self.pruned = ~t(mask, torch.bool).reshape(S, G * 2 * m, d).contiguous()
@@ -67,19 +73,20 @@ class TorchStep:
         flip = t(flip_draw).reshape(S, 1, n) < t(params.label_flip).reshape(S, G, 1)
         self.y = torch.where(flip, -clean, clean)  # (S, G, n)
         count = t(params.n, torch.int64).reshape(S, G, 1)
-        self.weight = torch.where(torch.arange(n).reshape(1, 1, n) < count,
+        self.weight = torch.where(torch.arange(n, device=self.device).reshape(1, 1, n) < count,
                                   1.0 / count.to(self.dtype), 0.0).to(self.dtype)
         width = t(params.width, torch.int64).reshape(S, G, 1, 1)
         a = (1.0 / width.to(self.dtype)) if static.output_scale == "mean" else torch.ones_like(
             width, dtype=self.dtype)
-        a = torch.where(torch.arange(m).reshape(1, 1, m, 1) < width, a, 0.0).to(self.dtype)
-        sign = torch.tensor([1.0, -1.0], dtype=self.dtype).reshape(1, 1, 2, 1, 1)
+        a = torch.where(torch.arange(m, device=self.device).reshape(1, 1, m, 1) < width, a,
+                        0.0).to(self.dtype)
+        sign = t([1.0, -1.0]).reshape(1, 1, 2, 1, 1)
         # d f / d pooled for every (run, class, filter): (S, G, 2, m, 1).
         self.coef = (sign * a.unsqueeze(2) * self.pool).contiguous()
         self.noise_std = t(params.noise_std).reshape(S, G, 1, 1, 1)
         self.signal = t(params.signal_norm).reshape(S, G, 1, 1, 1)
         self.lr = t(params.learning_rate).reshape(S, G, 1, 1, 1)
-        self.diverged = torch.zeros(S, G, dtype=torch.bool)
+        self.diverged = torch.zeros(S, G, dtype=torch.bool, device=self.device)
         self.inv_sqrt_s = 1.0 / float(np.sqrt(self.s))
 
     def _forward(self):
@@ -110,7 +117,7 @@ class TorchStep:
         with torch.no_grad():
             hn, hs = self._forward()
             loss = (self.weight * torch.nn.functional.softplus(-self._margin(hn, hs))).sum(-1)
-        return loss.reshape(-1).numpy()
+        return loss.reshape(-1).cpu().numpy()
 
     def step(self) -> None:
         """One gradient-descent step of every run."""
@@ -129,7 +136,9 @@ class TorchStep:
             # Signal part (support coordinates only): lr |mu| u sum_i dpool act'(hs) c_i.
             ds = (dpool * self._dact(hs) * self.clean.view(S, 1, 1, 1, n)).sum(-1, keepdim=True)
             ds = ds * (step * self.signal * self.inv_sqrt_s)
-            if not bool(moving.all()):
+            # On the CPU, skip the masking when every run moves; on a GPU asking would wait
+            # for the device every step.
+            if self.device.type != "cpu" or not bool(moving.all()):
                 frozen = ~moving.view(S, G, 1, 1, 1)
                 dn = torch.where(frozen, 0.0, dn)
                 ds = torch.where(frozen, 0.0, ds)
@@ -140,7 +149,9 @@ class TorchStep:
     def run(self, steps: int) -> None:
         for _ in range(steps):
             self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def weights(self) -> np.ndarray:
         """``(R, 2, m, d)``."""
-        return self.w.reshape(self.S * self.G, 2, self.m, self.d).numpy().copy()
+        return self.w.reshape(self.S * self.G, 2, self.m, self.d).cpu().numpy().copy()

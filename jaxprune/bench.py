@@ -94,6 +94,7 @@ class Case:
       layout: ``shared`` (S = 1, G = R) or ``seeds`` (S = R, G = 1).
       n_test: test-set size (the step never touches it; kept small so R seeds fit memory).
       dtype: ``float32`` or ``float64``.
+      precision: the step's ``matmul_precision`` (``float32`` or ``tensorfloat32``).
     """
 
     size: str
@@ -104,6 +105,7 @@ class Case:
     layout: str
     n_test: int = 100
     dtype: str = "float32"
+    precision: str = "float32"
 
     @property
     def groups(self) -> int:
@@ -126,6 +128,7 @@ def case_static(case: Case, **overrides):
 
     fixed = {k: FIELDS[k].default for k in STATIC_FIELDS}
     fixed["dtype"] = case.dtype
+    fixed["matmul_precision"] = case.precision
     fixed["activation_power"] = float(fixed["activation_power"])
     fixed["momentum"] = float(fixed["momentum"])
     fixed.update(overrides)
@@ -181,12 +184,17 @@ def state_and_data_bytes(static) -> tuple[int, int]:
 # The machine's matrix-product peak.
 
 
-def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float32") -> dict:
-    """float32 products of two square ``N x N`` matrices, by XLA (``jnp.dot``) and by numpy's
-    BLAS (which ``cpu_update`` calls): GFLOP/s per size (median of ``repeats``) and the best
-    of them all."""
+def accelerated() -> bool:
+    """Whether JAX's default backend is an accelerator (GPU or TPU) rather than the CPU."""
+    return _jax().default_backend() != "cpu"
+
+
+def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float32",
+                precision: str = "float32") -> dict:
+    """Products of two square ``N x N`` matrices by XLA (``jnp.dot`` at ``precision``) and,
+    on the CPU, by numpy's BLAS (which ``cpu_update`` calls): GFLOP/s per size (median of
+    ``repeats``) and the best of them all."""
     jax = _jax()
-    import jax.numpy as jnp
 
     def gflops(product, a, b, size):
         product(a, b)
@@ -198,15 +206,35 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
             times.append(time.perf_counter() - t)
         return 2.0 * size**3 / statistics.median(times) / 1e9
 
-    dot = jax.jit(functools.partial(jnp.dot, precision="float32"))  # as the step: not TF32
+    dot = xla_product(precision)
     per_size, blas = {}, {}
     for size in sizes:
         a = jax.random.normal(jax.random.key(0), (size, size), dtype)
         b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-        per_size[size] = gflops(lambda a, b: dot(a, b).block_until_ready(), a, b, size)
-        blas[size] = gflops(np.matmul, np.asarray(a), np.asarray(b), size)
-    return {"per_size_gflops": per_size, "blas_per_size_gflops": blas,
-            "best_gflops": max(*per_size.values(), *blas.values())}
+        per_size[size] = gflops(dot, a, b, size)
+        if not accelerated():  # numpy's products run on the host, not the accelerator
+            blas[size] = gflops(np.matmul, np.asarray(a), np.asarray(b), size)
+    out = {"per_size_gflops": per_size, "best_gflops": max(*per_size.values(), *blas.values()),
+           "precision": precision}
+    if blas:
+        out["blas_per_size_gflops"] = blas
+    return out
+
+
+def xla_product(precision: str = "float32"):
+    """``(a, b) -> a @ b`` by XLA at ``precision`` ("float32" as the step: not TF32), blocking."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    dot = jax.jit(functools.partial(jnp.dot, precision=precision))
+    return lambda a, b: dot(a, b).block_until_ready()
+
+
+def fastest_size(peak: dict) -> int:
+    """The size of the fastest product of a ``matmul_peak``, numpy's where it was timed (the
+    library the CPU step calls), else XLA's."""
+    per_size = peak.get("blas_per_size_gflops") or peak["per_size_gflops"]
+    return max(per_size, key=per_size.get)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,16 +363,20 @@ def load_torch_step():
 
 
 class TorchRunner:
-    """``benchmarks/torch_step.TorchStep`` started from the same initial state."""
+    """``benchmarks/torch_step.TorchStep`` started from the same initial state, on the GPU
+    where JAX runs on one (and PyTorch sees it), else on the CPU."""
 
     name = "torch"
 
-    def __init__(self, torch_step, static, params, state, groups, threads: int | None = 2):
+    def __init__(self, torch_step, static, params, state, groups, threads: int | None = 2,
+                 tf32: bool = False):
         jax = _jax()
         host = jax.device_get
+        device = "cuda" if jax.default_backend() == "gpu" else "cpu"
         self.impl = torch_step(host(state.net.w), host(state.mask), host(params),
                                host(groups.train.noise), host(groups.train.clean),
-                               host(groups.train.flip_draw), static, threads=threads)
+                               host(groups.train.flip_draw), static, threads=threads,
+                               device=device, tf32=tf32)
 
     def run(self, steps: int) -> None:
         self.impl.run(steps)
@@ -397,12 +429,17 @@ def _steps_for(seconds_per_step: float, target: float, max_steps: int) -> int:
     return int(max(1, min(max_steps, round(target / max(seconds_per_step, 1e-9)))))
 
 
-def square_product(size: int, dtype=np.float32):
-    """``(segment, flop)``: one product of two square ``size x size`` matrices by numpy's BLAS
-    (the library ``cpu_update`` calls), to be timed beside a case's step."""
+def square_product(size: int, precision: str = "float32"):
+    """``(segment, flop)``: one product of two square float32 ``size x size`` matrices, to be
+    timed beside a case's step: by numpy's BLAS (the library ``cpu_update`` calls) on the CPU,
+    by XLA at ``precision`` on an accelerator."""
     rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
-    return (lambda: np.matmul(a, b)), 2.0 * size**3
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    if accelerated():
+        product, a, b = xla_product(precision), _jax().device_put(a), _jax().device_put(b)
+    else:
+        product = np.matmul
+    return (lambda: product(a, b)), 2.0 * size**3
 
 
 def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 5,
@@ -440,7 +477,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
             skipped["torch"] = why
         else:
             runners["torch"] = TorchRunner(torch_step, static, params, state0, groups,
-                                           torch_threads)
+                                           torch_threads, tf32=case.precision != "float32")
     del state0  # advance donates its state: the copies above own their buffers.
 
     # Warm-up (compiles the loop step, touches every buffer), then one step each to size K.
@@ -461,7 +498,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     segments = {k: (lambda f=f, s=steps[k]: f(s)) for k, f in step_fns.items()}
     segments["advance_eval"] = adv.evaluate
     if peak_size:
-        segments["peak"], peak_flop = square_product(peak_size)
+        segments["peak"], peak_flop = square_product(peak_size, case.precision)
         segments["peak"]()  # warm-up: OpenBLAS's threads and buffers
     cpu_start = _cpu_sample()
     times = _interleaved(segments, repeats)
@@ -522,10 +559,17 @@ def _reset_peak() -> bool:
 ADVANCE_CALLS = 4
 
 
+def _device_bytes(key: str) -> int:
+    """A counter of the accelerator's allocator (``bytes_in_use``, ``peak_bytes_in_use``)."""
+    return int(_jax().devices()[0].memory_stats()[key])
+
+
 def _memory_child(spec: str) -> None:
     """Runs in a subprocess: compiles, then allocates and steps one case; prints JSON.
 
-    Peaks (VmHWM, reset with ``clear_refs`` between phases): ``setup_peak`` (make_groups and
+    On the CPU, peaks of the resident set (VmHWM, reset with ``clear_refs`` between phases);
+    on an accelerator, of the device memory in use (``peak_bytes_in_use``, which cannot be
+    reset: each phase's peak is the peak since the process started). ``setup_peak`` (make_groups and
     init_state), ``steps_peak`` (2 steps without evaluation), ``eval_peak`` (train.evaluate),
     ``advance_peak`` (``ADVANCE_CALLS`` calls of advance, 2 steps and the evaluation each, as
     the engine calls it segment after segment: glibc's malloc holds on to freed temporaries,
@@ -552,26 +596,33 @@ def _memory_child(spec: str) -> None:
     steps = train.train_steps.lower(state_abs, params, groups_abs, two, static=static,
                                     gram=gram_abs).compile()
     evaluate = train.evaluate.lower(state_abs, params, groups_abs, static=static).compile()
-    kib = 1024
-    baseline = _status_kib("VmRSS") * kib
-    resettable = _reset_peak()
+    if accelerated():
+        in_use, peak = (functools.partial(_device_bytes, k) for k in ("bytes_in_use",
+                                                                       "peak_bytes_in_use"))
+        reset = lambda: False  # noqa: E731
+    else:
+        in_use = lambda: _status_kib("VmRSS") * 1024  # noqa: E731
+        peak = lambda: _status_kib("VmHWM") * 1024  # noqa: E731
+        reset = _reset_peak
+    baseline = in_use()
+    resettable = reset()
     groups = make(seeds)
     state = init(params, groups)
     gram = build(state.mask, groups)
     jax.block_until_ready((groups, state, gram))
-    peaks = {"setup_peak": _status_kib("VmHWM") * kib}
-    _reset_peak()
+    peaks = {"setup_peak": peak()}
+    reset()
     state = steps(state, params, groups, two, gram=gram)
     jax.block_until_ready(state)
-    peaks["steps_peak"] = _status_kib("VmHWM") * kib
-    _reset_peak()
+    peaks["steps_peak"] = peak()
+    reset()
     jax.block_until_ready(evaluate(state, params, groups))
-    peaks["eval_peak"] = _status_kib("VmHWM") * kib
-    _reset_peak()
+    peaks["eval_peak"] = peak()
+    reset()
     for _ in range(ADVANCE_CALLS):
         state, metrics = adv(state, params, groups, two, gram=gram)
         jax.block_until_ready((state, metrics))
-    peaks["advance_peak"] = _status_kib("VmHWM") * kib
+    peaks["advance_peak"] = peak()
     print(json.dumps({
         "baseline": baseline, **peaks, "resettable": resettable,
         "state_bytes": tree_bytes(state), "data_bytes": tree_bytes(groups) + tree_bytes(params),
@@ -579,7 +630,8 @@ def _memory_child(spec: str) -> None:
 
 
 def memory_profile(case: Case, timeout: float = 900) -> dict:
-    """Peak resident memory of a fresh process that steps ``case``, against its state and data.
+    """Peak memory (resident on the CPU, in use on an accelerator) of a fresh process that
+    steps ``case``, against its state and data.
 
     Ratios ``*_ratio`` = (peak RSS of a phase - RSS before allocating) / (state + data bytes),
     for the phases of ``_memory_child``; the programs are compiled before the baseline is
@@ -695,7 +747,8 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1),
             "commit": _commit(),
             "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "torch": torch_version,
+            "devices": [str(d) for d in jax.devices()],
+            "device_kind": jax.devices()[0].device_kind, "torch": torch_version,
             "python": platform.python_version(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "cpu_products": cpu_update.status(),
@@ -723,7 +776,7 @@ def _loadavg() -> float | None:
 
 
 def default_cases(quick: bool, sizes=None, runs=None, layouts=None,
-                  memory_cap_gb: float = 3.0) -> list[Case]:
+                  memory_cap_gb: float = 3.0, precision: str = "float32") -> list[Case]:
     """The cases of a quick or full run; configurations whose state and data (of one
     implementation; each holds its own, plus temporaries) exceed ``memory_cap_gb`` are left
     out (at 3 GB: R = 4096 at d = 2000, and R seeds beyond 1024 or 256)."""
@@ -735,7 +788,7 @@ def default_cases(quick: bool, sizes=None, runs=None, layouts=None,
         d, n, width = SIZE_SETS[size]
         for layout in layouts:
             for R in runs:
-                case = Case(size, d, n, width, R, layout)
+                case = Case(size, d, n, width, R, layout, precision=precision)
                 if _case_bytes(case) <= memory_cap_gb * 1e9:
                     cases.append(case)
     return cases
@@ -753,33 +806,39 @@ def _case_bytes(case: Case) -> int:
 def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advance", "loop",
         "torch"), repeats: int | None = None, target_s: float | None = None,
         memory: bool = True, compiles: bool = True, torch_threads: int = 2,
-        memory_cap_gb: float = 3.0, peak_sizes=None, log=print) -> dict:
-    """Runs the benchmark and returns every measurement (JSON-serialisable)."""
+        memory_cap_gb: float = 3.0, peak_sizes=None, memory_runs=None,
+        precision: str = "float32", log=print) -> dict:
+    """Runs the benchmark and returns every measurement (JSON-serialisable).
+
+    ``precision``: the step's and the peak's ``matmul_precision``. ``peak_sizes`` default to
+    1024-4096 on the CPU and 2048-8192 on an accelerator (smaller products leave it idle)."""
     repeats = repeats or (3 if quick else 5)
     target_s = target_s or (0.15 if quick else 0.5)
     result = {"machine": _machine(), "quick": quick, "load_start": _loadavg(),
               "settings": {"repeats": repeats, "target_s": target_s,
-                           "torch_threads": torch_threads, "impls": list(impls)}}
+                           "torch_threads": torch_threads, "impls": list(impls),
+                           "precision": precision}}
     log(f"load average {result['load_start']}; measuring the matrix-product peak")
-    peak_sizes = peak_sizes or ((1024, 2048) if quick else (1024, 2048, 3072, 4096))
-    peak = matmul_peak(peak_sizes, repeats=repeats)
+    if not peak_sizes:
+        peak_sizes = (2048, 4096, 8192) if accelerated() else (1024, 2048, 3072, 4096)
+        peak_sizes = peak_sizes[:2] if quick else peak_sizes
+    peak = matmul_peak(peak_sizes, repeats=repeats, precision=precision)
     log(f"peak {peak['best_gflops']:.1f} GFLOP/s ({peak['per_size_gflops']})")
-    cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb)
-    # numpy's fastest size at the start is timed beside every case (``measure_case``).
-    blas = peak["blas_per_size_gflops"]
-    peak_size = max(blas, key=blas.get)
+    cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb, precision)
+    # The fastest size at the start is timed beside every case (``measure_case``).
+    peak_size = fastest_size(peak)
     result["cases"] = []
     for case in cases:
         result["cases"].append(measure_case(case, impls, repeats, target_s,
                                             torch_threads=torch_threads, peak_size=peak_size,
                                             log=log))
-    peak_end = matmul_peak(peak_sizes, repeats=repeats)
+    peak_end = matmul_peak(peak_sizes, repeats=repeats, precision=precision)
     log(f"peak at the end {peak_end['best_gflops']:.1f} GFLOP/s")
     result["peak"] = {"start": peak, "end": peak_end,
                       "best_gflops": max(peak["best_gflops"], peak_end["best_gflops"])}
     if memory:
-        mem_runs = (256,) if quick else (256, 1024, 4096)
-        mem_cases = [c for c in default_cases(quick, sizes, mem_runs, layouts, memory_cap_gb)]
+        mem_runs = memory_runs or ((256,) if quick else (256, 1024, 4096))
+        mem_cases = default_cases(quick, sizes, mem_runs, layouts, memory_cap_gb, precision)
         result["memory"] = []
         for case in mem_cases:
             m = memory_profile(case)
@@ -834,16 +893,20 @@ def format_markdown(result: dict) -> str:
     """The measurements as markdown tables (paste into ``benchmarks/RESULTS.md``)."""
     m = result["machine"]
     peak = result["peak"]["best_gflops"]
+    on_cpu = m["backend"] == "cpu"
+    precision = result["settings"].get("precision", "float32")
+    device = "" if on_cpu else f"{m.get('device_kind', m['devices'][0])} beside "
+    products = "XLA's jnp.dot and numpy's BLAS" if on_cpu else "XLA's jnp.dot"
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {m['jax']} "
+        f"Machine: {device}{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {m['jax']} "
         f"({m['backend']}), torch {m['torch'] or 'not installed'}, Python {m['python']}; "
         f"{m['date']}. XLA_FLAGS={m.get('xla_flags', '')!r}. jaxprune commit "
         f"{m.get('commit') or 'unknown'}.",
         f"Load average (1 min): {_load_text(result['load_start'])} at the start, "
         f"{_load_text(result['load_end'])} at the end (2 cores; above about 0.5 other "
         "processes were competing for them and every number below is depressed and noisy).",
-        "float32 matrix-product peak (best of square products by XLA's jnp.dot and numpy's "
-        f"BLAS, measured at the start and the end): **{peak:.1f} GFLOP/s** ("
+        f"Matrix products at precision {precision}. Peak (best of square products by "
+        f"{products}, measured at the start and the end): **{peak:.1f} GFLOP/s** ("
         + "; ".join(f"{when} {name} " + ", ".join(f"{k}: {v:.0f}" for k, v in sizes.items())
                     for when in ("start", "end")
                     for name, sizes in _peak_sizes(result["peak"][when]))
@@ -851,7 +914,8 @@ def format_markdown(result: dict) -> str:
         f"The step's CPU products: {m.get('cpu_products', 'XLA (before cpu_update existed)')}.",
         "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
         "less this process's CPU time; 0 = a quiet machine).",
-        "peak beside: numpy's square product of the size fastest at the start, timed in the "
+        f"peak beside: {'numpy' if on_cpu else 'XLA'}'s square product of the size "
+        "fastest at the start, timed in the "
         "same rotation as the row's implementations; \"% of it\" is the row's share of the "
         "machine as it ran while the row was timed, \"% of peak\" its share of the pass's "
         "best.",
@@ -947,6 +1011,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out cases whose state and data exceed this many GB "
                              "(default 3: every implementation holds its own copy)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory profile")
+    parser.add_argument("--memory-runs", nargs="+", type=int, metavar="R",
+                        help="numbers of runs R of the memory profile (default 256 1024 4096; "
+                             "quick 256)")
+    parser.add_argument("--matmul-precision", choices=["float32", "tensorfloat32"],
+                        default="float32",
+                        help="precision of the step's and the peak's float32 products "
+                             "(the sweep option matmul_precision; tensorfloat32 matters on "
+                             "NVIDIA GPUs only)")
     parser.add_argument("--no-compiles", action="store_true",
                         help="skip counting the programs of a sweep over d")
     parser.add_argument("--xla-flags", metavar="FLAGS", default="",
@@ -966,7 +1038,8 @@ def main(args: argparse.Namespace) -> int:
     result = run(quick=args.quick, sizes=args.sizes, runs=args.runs, layouts=args.layouts,
                  impls=impls, repeats=args.repeats, target_s=args.target_seconds,
                  memory=not args.no_memory, compiles=not args.no_compiles,
-                 torch_threads=args.torch_threads, memory_cap_gb=args.memory_cap_gb, log=log)
+                 torch_threads=args.torch_threads, memory_cap_gb=args.memory_cap_gb,
+                 memory_runs=args.memory_runs, precision=args.matmul_precision, log=log)
     text = format_markdown(result)
     print(text)
     if args.json:

@@ -1,6 +1,7 @@
 """``jaxprune bench``: the harness runs, counts FLOPs by the formula, and every implementation it
 times computes the same step as ``train.advance`` (speed itself is never asserted here)."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
     json.dumps(result, default=str)
+    # On an accelerator the peak is XLA's alone (numpy's products would run on the host).
+    assert "blas_per_size_gflops" in result["peak"]["start"]
+    gpu = copy.deepcopy(result)
+    gpu["machine"].update(backend="gpu", device_kind="NVIDIA H200")
+    for when in ("start", "end"):
+        del gpu["peak"][when]["blas_per_size_gflops"]
+    text = bench.format_markdown(gpu)
+    assert "Machine: NVIDIA H200 beside" in text
+    assert "by XLA's jnp.dot, measured" in text and "peak beside: XLA's square" in text
+
+
+def test_fastest_size_prefers_the_library_the_cpu_step_calls():
+    peak = {"per_size_gflops": {1024: 90.0, 2048: 80.0},
+            "blas_per_size_gflops": {1024: 70.0, 2048: 75.0}}
+    assert bench.fastest_size(peak) == 2048
+    del peak["blas_per_size_gflops"]
+    assert bench.fastest_size(peak) == 1024
 
 
 def test_memory_profile_of_a_tiny_case():
