@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU checks of benchmarks/RESULTS.md, as one short command for a lent accelerator:
+#
+#     bash benchmarks/gpu_check.sh OUTDIR [SECONDS]
+#
+# In order of importance, each step capped so that all of them end within SECONDS (default
+# 540): the machine and its packages; the float32 throughput at paper sizes d = 1000 against
+# the device's float32 matrix-product peak, the plain loop and PyTorch on the same GPU; the
+# correctness tests that compare the step with the float64 reference and PyTorch's step; the
+# quick sweep and benchmarks/precision_d1000.toml end to end in float32 and TF32 (results.csv
+# to compare with benchmarks/compare_results.py); the other sizes; TF32 throughput; device
+# memory. Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
+# OUTDIR/gpu_check.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: gpu_check.sh OUTDIR [SECONDS]}
+deadline=$((SECONDS + ${2:-540} - 10))
+work=$(mktemp -d)
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU
+py=${PYTHON:-python3}
+
+step() {  # NAME CAP_SECONDS COMMAND...: runs COMMAND for at most CAP (and the time left)
+  local name=$1 cap=$2 left=$((deadline - SECONDS))
+  shift 2
+  ((left < cap)) && cap=$left
+  if ((cap < 5)); then echo "== $name: skipped, no time left"; return; fi
+  echo "== $name (at most $cap s, $(date -u +%T))"
+  local start=$SECONDS
+  timeout "$cap" "$@" >"$work/$name.log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - start)) s"
+  tail -n 25 "$work/$name.log"
+}
+
+bench() {  # NAME CAP BENCH-ARGS...
+  local name=$1 cap=$2
+  shift 2
+  step "$name" "$cap" "$py" -m jaxprune.cli bench --no-compiles --memory-cap-gb 40 --repeats 3 \
+    --target-seconds 0.2 --json "$work/$name.json" --markdown "$work/$name.md" "$@"
+}
+
+sweep() {  # NAME CAP SWEEP-FILE [PRECISION]: the sweep, its TOML given matmul_precision
+  local name=$1 cap=$2 file=$3 precision=${4:-float32}
+  sed "s/^\[train\]$/[train]\nmatmul_precision = \"$precision\"/" "$file" >"$work/$name.toml"
+  step "$name" "$cap" "$py" -m jaxprune.cli run "$work/$name.toml" --out "$work/$name" \
+    --no-progress
+}
+
+step machine 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=clocks.max.sm,power.limit \
+  --format=csv; $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|optax|orbax|numpy|torch|matplotlib|tqdm) '; \
+  $py -c 'import jax; print(jax.devices(), jax.devices()[0].device_kind)'"
+bench f32-d1000 150 --sizes paper-d1000 --runs 16 256 1024 4096 --no-memory
+step tests 100 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
+  -k "reference or layout or torch_step or loop_matches"
+sweep quick-f32 40 sweeps/quickstart.toml
+sweep quick-tf32 40 sweeps/quickstart.toml tensorfloat32
+sweep d1000-f32 40 benchmarks/precision_d1000.toml
+sweep d1000-tf32 40 benchmarks/precision_d1000.toml tensorfloat32
+bench f32-other 100 --sizes paper-d2000 quickstart --runs 256 4096 --no-memory
+bench tf32-d1000 50 --sizes paper-d1000 --runs 1024 4096 --impls advance torch --no-memory \
+  --matmul-precision tensorfloat32
+bench memory 60 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096
+for dir in "$work"/*/; do
+  name=$(basename "$dir")
+  cp "$dir/results.csv" "$work/$name.csv" && cp "$dir/metrics.npz" "$work/$name.npz"
+done
+(cd "$work" && tar -czf "$out/gpu_check.tar.gz" -- *.log *.json *.md *.toml *.csv *.npz)
+ls -la "$out"
