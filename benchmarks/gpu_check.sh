@@ -64,5 +64,5 @@ for dir in "$work"/*/; do
   name=$(basename "$dir")
   cp "$dir/results.csv" "$work/$name.csv" && cp "$dir/metrics.npz" "$work/$name.npz"
 done
-(cd "$work" && tar -czf "$out/gpu_check.tar.gz" -- *.log *.json *.md *.toml *.csv *.npz)
+(cd "$work" && shopt -s nullglob && tar -czf "$out/gpu_check.tar.gz" -- *.log *.json *.md *.toml *.csv *.npz)
 ls -la "$out"
