@@ -274,6 +274,13 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: (``benchmarks/eval_blocks.py``, ``benchmarks/RESULTS.md``, 2026-12-04).
 EVAL_BLOCK_BYTES = 1 << 22
 
+#: Block bytes of the GD update and the direct step on an accelerator: no blocks. Blocks are
+#: for the CPU's caches; on a GPU each is a kernel launch of its own, and with 1 MiB group
+#: blocks R = 4096 seeds at d = 1000 took 2,048 of them a step (4-5 % of the H200's float32
+#: peak, ``benchmarks/RESULTS.md``, 2026-12-04). ``plan.run_bytes`` already counts a whole
+#: updated copy of the weights.
+UNBLOCKED = 1 << 62
+
 
 class _DirectCarry(NamedTuple):
     w: jax.Array  # (S, F, d)
@@ -332,7 +339,7 @@ def _blocked_update(w, step_noise, step_support, mask, z, static: Static, block_
                         - jnp.where(on_support, cut(step_support), 0.0), 0.0)
         return jax.lax.dynamic_update_slice_in_dim(w, new, start, axis)
 
-    return jax.lax.fori_loop(0, count, block, w)
+    return block(0, w) if count == 1 else jax.lax.fori_loop(0, count, block, w)
 
 
 def _xla_projections(w, z):
@@ -393,7 +400,8 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
         return _DirectCarry(put(c.w, w), None if c.b is None else put(c.b, b),
                             put(c.diverged, diverged))
 
-    return jax.lax.fori_loop(0, static.groups // k, block, carry)
+    count = static.groups // k
+    return block(0, carry) if count == 1 else jax.lax.fori_loop(0, count, block, carry)
 
 
 def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_steps,
@@ -495,7 +503,8 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
              group_block_bytes: int = GROUP_BLOCK_BYTES,
              native: bool | None = None) -> TrainState:
     """Plain GD of the chunk; ``native``: the direct step's products as ``cpu_update`` calls
-    on the CPU (None: wherever they can run)."""
+    on the CPU (None: wherever they can run). The block sizes apply on the CPU; an
+    accelerator runs unblocked (``UNBLOCKED``)."""
     S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
     if native is None:
         native = cpu_update.available(static.float_dtype)
@@ -518,9 +527,13 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
             start)
         # XLA's update: once a segment its speed hardly matters, and the native call on the
         # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
-        w = _blocked_update(w, carry.a, carry.support, mask, z, static, block_bytes)
+        update = functools.partial(_blocked_update, static=static)
+        w = jax.lax.platform_dependent(
+            w, carry.a, carry.support, mask, z,
+            cpu=functools.partial(update, block_bytes=block_bytes),
+            default=functools.partial(update, block_bytes=UNBLOCKED))
     else:
-        def xla_loop(carry):
+        def xla_loop(carry, block_bytes=block_bytes, group_block_bytes=group_block_bytes):
             return jax.lax.fori_loop(
                 0, num_steps,
                 lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes,
@@ -530,9 +543,10 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
         def native_loop(carry):
             return _native_direct_loop(carry, mask, params, groups.train, num_steps, static)
 
-        start = _DirectCarry(w, b, diverged)
-        carry = (jax.lax.platform_dependent(start, cpu=native_loop, default=xla_loop)
-                 if native else xla_loop(start))
+        carry = jax.lax.platform_dependent(
+            _DirectCarry(w, b, diverged), cpu=native_loop if native else xla_loop,
+            default=functools.partial(xla_loop, block_bytes=UNBLOCKED,
+                                      group_block_bytes=UNBLOCKED))
         w = carry.w
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)
     return state._replace(net=Network(w.reshape(state.net.w.shape), b),

@@ -221,22 +221,51 @@ def test_a_run_does_not_depend_on_its_batch_or_layout(formulation):
 @pytest.mark.parametrize("name", GD_SETS)
 @pytest.mark.parametrize("max_runs", [None, 3])
 @pytest.mark.parametrize("formulation", ["direct", "kernel"])
-def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation):
+@pytest.mark.parametrize("block_bytes", [1, train.UNBLOCKED])
+def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation, block_bytes):
     """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise), and the
     direct step over blocks of groups; blocks smaller than a run's weights (one run, one group
-    a block) still give ``advance``'s numbers."""
+    a block) and no blocks at all (as on an accelerator) still give ``advance``'s numbers."""
     _, table, _ = build(OPTION_SETS[name])
     chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
     _, state, _ = run_batched(table, chunk, formulation=formulation)
     static = dataclasses.replace(chunk.static, formulation=formulation)
     _, params, groups = chunk_data(table, chunk, static)
-    blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=1, group_block_bytes=1),
+    blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=block_bytes,
+                                        group_block_bytes=block_bytes, native=False),
                       static_argnames="static")
     state0 = train.init_state(params, groups, static)
     small = blocked(state0, params, groups, jnp.int32(STEPS), static=static)
     np.testing.assert_allclose(small.net.w, state.net.w, rtol=1e-12, atol=1e-15)
     if state.net.b is not None:
         np.testing.assert_allclose(small.net.b, state.net.b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("layout, n", [("seeds", 100), ("shared", 100), ("seeds", 10)])
+def test_an_accelerator_runs_each_step_unblocked(layout, n):
+    """Lowered for a GPU, the step program has one loop, over the steps: no loop over blocks
+    of runs or groups inside a step (each block would be a kernel launch of its own). The
+    CPU's program keeps its blocks. n = 10 runs the kernel formulation."""
+    case = bench.Case("x", d=200, n=n, width=8, runs=64, layout=layout)
+    static = bench.case_static(case, formulation="auto")
+    params, seeds = bench.case_inputs(static)
+    groups = jax.eval_shape(lambda s: train.make_groups(s, static), seeds)
+    state = jax.eval_shape(lambda p, g: train.init_state(p, g, static), params, groups)
+    gram = train.build_gram.eval_shape(state.mask, groups, static)
+    assert static.kernel_step == (n == 10)
+
+    def loops(platform, block_bytes):
+        steps = jax.jit(functools.partial(train._gd_loop, block_bytes=block_bytes,
+                                          group_block_bytes=block_bytes, native=False),
+                        static_argnames="static")
+        lowered = steps.trace(state, params, groups, jnp.int32(4), static=static,
+                              gram=gram).lower(lowering_platforms=(platform,))
+        return lowered.as_text().count("stablehlo.while")
+
+    assert loops("cuda", 1024) == 1
+    # On the CPU one loop over blocks of groups (seeds) or runs (shared; the kernel
+    # formulation's update at the end of a segment) follows the steps' loop.
+    assert loops("cpu", 1024) == 2
 
 
 def chunk_inputs(name, max_runs):
