@@ -5,11 +5,12 @@
 #
 # In order of importance, each step capped so that all of them end within SECONDS (default
 # 540): the machine and its packages; the float32 throughput at paper sizes d = 1000 against
-# the device's float32 matrix-product peak, the plain loop and PyTorch on the same GPU; the
-# correctness tests that compare the step with the float64 reference and PyTorch's step; the
-# quick sweep and benchmarks/precision_d1000.toml end to end in float32 and TF32 (results.csv
-# to compare with benchmarks/compare_results.py); the other sizes; TF32 throughput; device
-# memory. Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
+# the device's float32 matrix-product peak and PyTorch on the same GPU; the correctness tests
+# that compare the step with the float64 reference and PyTorch's step; TF32 throughput;
+# device memory; the plain loop (slow on a GPU: only small R); the other sizes; the quick
+# sweep end to end in float32 and TF32 (results.csv to compare with
+# benchmarks/compare_results.py). A bench case took about 40 s on an H200 (2026-12-04).
+# Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,17 +50,17 @@ sweep() {  # NAME CAP SWEEP-FILE [PRECISION]: the sweep, its TOML given matmul_p
 step machine 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=clocks.max.sm,power.limit \
   --format=csv; $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|optax|orbax|numpy|torch|matplotlib|tqdm) '; \
   $py -c 'import jax; print(jax.devices(), jax.devices()[0].device_kind)'"
-bench f32-d1000 150 --sizes paper-d1000 --runs 16 256 1024 4096 --no-memory
-step tests 100 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
-  -k "reference or layout or torch_step or loop_matches"
+bench f32-d1000 150 --sizes paper-d1000 --runs 256 4096 --impls advance torch --no-memory
+step tests 120 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
+  -k "reference_runs or torch_step or accelerator"
+bench tf32-d1000 90 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory \
+  --matmul-precision tensorfloat32
+bench memory 60 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096 \
+  --layouts seeds
+bench loop 60 --sizes paper-d1000 --runs 16 256 --layouts shared --impls advance loop --no-memory
+bench f32-other 100 --sizes paper-d2000 quickstart --runs 4096 --impls advance torch --no-memory
 sweep quick-f32 40 sweeps/quickstart.toml
 sweep quick-tf32 40 sweeps/quickstart.toml tensorfloat32
-sweep d1000-f32 40 benchmarks/precision_d1000.toml
-sweep d1000-tf32 40 benchmarks/precision_d1000.toml tensorfloat32
-bench f32-other 100 --sizes paper-d2000 quickstart --runs 256 4096 --no-memory
-bench tf32-d1000 50 --sizes paper-d1000 --runs 1024 4096 --impls advance torch --no-memory \
-  --matmul-precision tensorfloat32
-bench memory 60 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096
 for dir in "$work"/*/; do
   name=$(basename "$dir")
   cp "$dir/results.csv" "$work/$name.csv" && cp "$dir/metrics.npz" "$work/$name.npz"
