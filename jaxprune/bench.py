@@ -569,12 +569,13 @@ def _memory_child(spec: str) -> None:
 
     On the CPU, peaks of the resident set (VmHWM, reset with ``clear_refs`` between phases);
     on an accelerator, of the device memory in use (``peak_bytes_in_use``, which cannot be
-    reset: each phase's peak is the peak since the process started). ``setup_peak`` (make_groups and
-    init_state), ``steps_peak`` (2 steps without evaluation), ``eval_peak`` (train.evaluate),
-    ``advance_peak`` (``ADVANCE_CALLS`` calls of advance, 2 steps and the evaluation each, as
-    the engine calls it segment after segment: glibc's malloc holds on to freed temporaries,
-    so the resident set grows over the first calls). The kernel formulation's Gram matrices
-    are built in the setup phase and held throughout, as the engine holds them.
+    reset: each phase's peak is the peak since the process started). ``setup_peak``
+    (make_groups and init_state), ``steps_peak`` (2 steps without evaluation), ``eval_peak``
+    (train.evaluate), ``advance_peak`` (``ADVANCE_CALLS`` calls of advance, 2 steps and the
+    evaluation each, as the engine calls it segment after segment: glibc's malloc holds on to
+    freed temporaries, so the resident set grows over the first calls). The kernel
+    formulation's Gram matrices are built in the setup phase and held throughout, as the
+    engine holds them.
     """
     jax = _jax()
     import jax.numpy as jnp
@@ -951,9 +952,10 @@ def format_markdown(result: dict) -> str:
     for why in sorted(skipped):
         lines.append(f"\ntorch: {why}")
     if result.get("memory"):
-        lines += ["", "Peak RSS of a fresh process per row, over its RSS before allocating "
-                  "(programs compiled first), divided by state + data bytes:", "",
-                  "| sizes | layout | R | state MB | data MB | baseline RSS MB "
+        memory = "RSS" if on_cpu else "device memory in use"
+        lines += ["", f"Peak {memory} of a fresh process per row, over its {memory} before "
+                  "allocating (programs compiled first), divided by state + data bytes:", "",
+                  f"| sizes | layout | R | state MB | data MB | baseline {memory} MB "
                   f"| steps only | evaluate | advance, {ADVANCE_CALLS} calls | setup "
                   "| of which Gram |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
