@@ -9,7 +9,7 @@
 # that compare the step with the float64 reference and PyTorch's step; TF32 throughput;
 # device memory; the plain loop (slow on a GPU: only small R); the other sizes; the quick
 # sweep end to end in float32 and TF32 (results.csv to compare with
-# benchmarks/compare_results.py). A bench case took about 40 s on an H200 (2026-12-04).
+# benchmarks/compare_results.py). A bench case took 30-50 s on an H200 (2026-12-04).
 # Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
