@@ -5,8 +5,10 @@
 #
 # In order of importance, each step capped so that all of them end within SECONDS (default
 # 540): the machine and its packages; the float32 throughput at paper sizes d = 1000 against
-# the device's float32 matrix-product peak and PyTorch on the same GPU; the correctness tests
-# that compare the step with the float64 reference and PyTorch's step; TF32 throughput;
+# the device's float32 matrix-product peak and PyTorch on the same GPU; the step against
+# its own two products (benchmarks/step_products.py, with the step's optimized HLO); the
+# correctness tests that compare the step with the float64 reference and PyTorch's step;
+# TF32 throughput;
 # device memory; the plain loop (slow on a GPU: only small R); the other sizes; the quick
 # sweep end to end in float32 and TF32 (results.csv to compare with
 # benchmarks/compare_results.py). A bench case took 30-50 s on an H200 (2026-12-04).
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_check.sh OUTDIR [SECONDS]}
 deadline=$((SECONDS + ${2:-540} - 10))
 work=$(mktemp -d)
+mkdir -p "$work/hlo"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU
 py=${PYTHON:-python3}
@@ -50,10 +53,11 @@ sweep() {  # NAME CAP SWEEP-FILE [PRECISION]: the sweep, its TOML given matmul_p
 step machine 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=clocks.max.sm,power.limit \
   --format=csv; $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|optax|orbax|numpy|torch|matplotlib|tqdm) '; \
   $py -c 'import jax; print(jax.devices(), jax.devices()[0].device_kind)'"
-bench f32-d1000 150 --sizes paper-d1000 --runs 256 4096 --impls advance torch --no-memory
-step tests 120 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
+bench f32-d1000 170 --sizes paper-d1000 --runs 1024 4096 --impls advance torch --no-memory
+step products 60 "$py" benchmarks/step_products.py --hlo "$work/hlo"
+step tests 100 "$py" -m pytest -q -x -p no:cacheprovider tests/test_bench.py tests/test_train.py \
   -k "reference_runs or torch_step or accelerator"
-bench tf32-d1000 90 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory \
+bench tf32-d1000 80 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory \
   --matmul-precision tensorfloat32
 bench memory 60 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096 \
   --layouts seeds
@@ -65,5 +69,5 @@ for dir in "$work"/*/; do
   name=$(basename "$dir")
   cp "$dir/results.csv" "$work/$name.csv" && cp "$dir/metrics.npz" "$work/$name.npz"
 done
-(cd "$work" && shopt -s nullglob && tar -czf "$out/gpu_check.tar.gz" -- *.log *.json *.md *.toml *.csv *.npz)
+(cd "$work" && shopt -s nullglob && tar -czf "$out/gpu_check.tar.gz" -- *.log *.json *.md *.toml *.csv *.npz hlo)
 ls -la "$out"
