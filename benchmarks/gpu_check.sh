@@ -66,6 +66,7 @@ bench f32-other 100 --sizes paper-d2000 quickstart --runs 4096 --impls advance t
 sweep quick-f32 40 sweeps/quickstart.toml
 sweep quick-tf32 40 sweeps/quickstart.toml tensorfloat32
 for dir in "$work"/*/; do
+  [[ -f $dir/results.csv ]] || continue  # hlo/
   name=$(basename "$dir")
   cp "$dir/results.csv" "$work/$name.csv" && cp "$dir/metrics.npz" "$work/$name.npz"
 done
