@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
 # The GPU checks of benchmarks/RESULTS.md, as one short command for a lent accelerator:
 #
-#     bash benchmarks/gpu_check.sh OUTDIR [SECONDS]
+#     bash benchmarks/gpu_check.sh OUTDIR [SECONDS [STEP...]]
 #
 # In order of importance, each step capped so that all of them end within SECONDS (default
-# 540): the machine and its packages; the float32 throughput at paper sizes d = 1000 against
-# the device's float32 matrix-product peak and PyTorch on the same GPU; the step against
-# its own two products (benchmarks/step_products.py, with the step's optimized HLO); the
-# correctness tests that compare the step with the float64 reference and PyTorch's step;
-# TF32 throughput;
-# device memory; the plain loop (slow on a GPU: only small R); the other sizes; the quick
-# sweep end to end in float32 and TF32 (results.csv to compare with
+# 540); with STEP names, only those: the machine and its packages (machine); the float32
+# throughput at paper sizes d = 1000 against the device's float32 matrix-product peak and
+# PyTorch on the same GPU (f32-4096, f32-1024); the step's formulations timed as loops of
+# their two products (forms: benchmarks/update_forms.py) and the step against its own
+# products (products: benchmarks/step_products.py), with their optimized HLO; the
+# correctness tests that compare the step with the float64 reference and PyTorch's step
+# (tests); TF32 throughput; device memory; the plain loop (slow on a GPU: only small R); the
+# other sizes; the quick sweep end to end in float32 and TF32 (results.csv to compare with
 # benchmarks/compare_results.py). A bench case took 30-50 s on an H200 (2026-12-04).
 # Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: gpu_check.sh OUTDIR [SECONDS]}
+out=${1:?usage: gpu_check.sh OUTDIR [SECONDS [STEP...]]}
 deadline=$((SECONDS + ${2:-540} - 10))
 work=$(mktemp -d)
 mkdir -p "$work/hlo"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU
 py=${PYTHON:-python3}
+only=" ${*:3} "
 
 step() {  # NAME CAP_SECONDS COMMAND...: runs COMMAND for at most CAP (and the time left)
   local name=$1 cap=$2 left=$((deadline - SECONDS))
   shift 2
+  [[ $only == "  " || $only == *" $name "* ]] || return 0
   ((left < cap)) && cap=$left
   if ((cap < 5)); then echo "== $name: skipped, no time left"; return; fi
   echo "== $name (at most $cap s, $(date -u +%T))"
@@ -53,10 +56,12 @@ sweep() {  # NAME CAP SWEEP-FILE [PRECISION]: the sweep, its TOML given matmul_p
 step machine 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=clocks.max.sm,power.limit \
   --format=csv; $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|optax|orbax|numpy|torch|matplotlib|tqdm) '; \
   $py -c 'import jax; print(jax.devices(), jax.devices()[0].device_kind)'"
-bench f32-d1000 170 --sizes paper-d1000 --runs 1024 4096 --impls advance torch --no-memory
-step products 60 "$py" benchmarks/step_products.py --hlo "$work/hlo"
-step tests 100 "$py" -m pytest -q -x -p no:cacheprovider tests/test_bench.py tests/test_train.py \
+bench f32-4096 90 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory
+step forms 60 "$py" benchmarks/update_forms.py --hlo "$work/hlo"
+step tests 90 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
   -k "reference_runs or torch_step or accelerator"
+bench f32-1024 80 --sizes paper-d1000 --runs 1024 --impls advance torch --no-memory
+step products 60 "$py" benchmarks/step_products.py --hlo "$work/hlo"
 bench tf32-d1000 80 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory \
   --matmul-precision tensorfloat32
 bench memory 60 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096 \

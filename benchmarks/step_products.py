@@ -5,18 +5,18 @@
 
 For each case (n = 100, d = 1000, width = 50) it times, interleaved (medians of 5):
 
-    projection  P <- W Z^T                         (S, F, d) x (S, n, d) -> (S, F, n)
-    update      W <- where(M, W - Dn Z - ds, 0)    (S, F, n) x (S, n, d) -> (S, F, d)
+    projection  P' <- W Z'^T                       (S, F, d) x (S, n + 1, d) -> (S, F, n + 1)
+    update      W <- where(M, W - [Dn, ds] Z', 0)   (S, F, n + 1) x (S, n + 1, d) -> (S, F, d)
     step        ``train.train_steps`` of the case, per step (both products, the loss
                 factors, the bookkeeping)
 
-with F = 2 m G rows per group, each product 2 F n d FLOP a group. The products alone bound
+as ``train._unblocked_step`` forms them (Z' = [Z; 1_S], ``train._support_noise``), with
+F = 2 m G rows per group, each product about 2 F n d FLOP a group. The products alone bound
 what the step can reach; the gap between their sum and the step is the rest of the step.
 With ``--hlo`` the step's optimized HLO is written there (to read which kernels it became).
 """
 
 import argparse
-import functools
 import statistics
 import sys
 import time
@@ -48,16 +48,18 @@ def measure(runs: int, layout: str, steps: int, hlo: Path | None) -> None:
     adv = bench.AdvanceRunner(static, *bench.case_inputs(static))
     w = adv.state.net.w.reshape(S, F, d)
     mask = adv.state.mask.reshape(S, F, d)
-    z = adv.groups.train.noise
-    dn = jnp.full((S, F, n), 1e-6, w.dtype)
-    ds = jnp.full((S, F, 1), 1e-6, w.dtype)
+    z = train._support_noise(adv.groups.train.noise, static)
+    factors = jnp.full((S, F, n + 1), 1e-6, w.dtype)
+
+    def projection(w, z):
+        return jnp.einsum("sfd,skd->sfk", w, z)
+
+    def update(w, factors, mask, z):
+        return jnp.where(mask, w - jnp.einsum("sfk,skd->sfd", factors, z), 0.0)
 
     with jax.default_matmul_precision("float32"):
-        project = jax.jit(train._xla_projections)
-        update = jax.jit(functools.partial(train._blocked_update, static=static,
-                                           block_bytes=train.UNBLOCKED), donate_argnums=0)
-        project = project.lower(w, z).compile()
-        update = update.lower(w, dn, ds, mask, z).compile()
+        project = jax.jit(projection).lower(w, z).compile()
+        update = jax.jit(update, donate_argnums=0).lower(w, factors, mask, z).compile()
     if hlo:
         hlo.mkdir(parents=True, exist_ok=True)
         (hlo / f"step_{layout}_R{runs}.txt").write_text(adv.steps_only.as_text())
@@ -66,7 +68,7 @@ def measure(runs: int, layout: str, steps: int, hlo: Path | None) -> None:
     state = {"w": w.copy()}
 
     def run_update():
-        state["w"] = update(state["w"], dn, ds, mask, z)
+        state["w"] = update(state["w"], factors, mask, z)
         state["w"].block_until_ready()
 
     parts = {"projection": lambda: project(w, z).block_until_ready(),

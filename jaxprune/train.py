@@ -404,6 +404,27 @@ def _direct_step(carry: _DirectCarry, mask, params, train: Samples, static: Stat
     return block(0, carry) if count == 1 else jax.lax.fori_loop(0, count, block, carry)
 
 
+def _support_noise(z: jax.Array, static: Static) -> jax.Array:
+    """``Z' = [Z; 1_S]`` ``(S, n + 1, d)``: the noise with the signal support's indicator as
+    one more example, so that one product gives both ``W Z^T`` and ``<W, 1_S>`` and one the
+    whole step ``Dn Z + ds 1_S^T``."""
+    support = (jnp.arange(static.d) < static.signal_support).astype(z.dtype)
+    return jnp.concatenate([z, jnp.broadcast_to(support, (z.shape[0], 1, static.d))], axis=1)
+
+
+def _unblocked_step(carry: _DirectCarry, mask, params, train: Samples, z_support,
+                    static: Static) -> _DirectCarry:
+    """One direct step as two products over the whole chunk (an accelerator's: no blocks),
+    ``P' = W Z'^T`` and ``W <- where(M, W - [Dn, ds] Z', 0)`` with ``Z'`` of
+    ``_support_noise``: no separate pass over W for the support's sums and gradient."""
+    proj = jnp.einsum("sfd,skd->sfk", carry.w, z_support)
+    step_noise, step_support, b, diverged = _gd_factors(proj[..., :-1], proj[..., -1], carry,
+                                                        params, train, static)
+    factors = jnp.concatenate([step_noise, step_support], axis=-1)
+    w = jnp.where(mask, carry.w - jnp.einsum("sfk,skd->sfd", factors, z_support), 0.0)
+    return _DirectCarry(w, b, diverged)
+
+
 def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_steps,
                         static: Static) -> _DirectCarry:
     """``num_steps`` steps with the products as ``cpu_update`` calls: P = W Z^T once, then per
@@ -534,11 +555,14 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
             default=functools.partial(update, block_bytes=UNBLOCKED))
     else:
         def xla_loop(carry, block_bytes=block_bytes, group_block_bytes=group_block_bytes):
-            return jax.lax.fori_loop(
-                0, num_steps,
-                lambda _, c: _direct_step(c, mask, params, groups.train, static, block_bytes,
-                                          group_block_bytes),
-                carry)
+            if block_bytes == UNBLOCKED:
+                z_support = _support_noise(z, static)
+                step = lambda c: _unblocked_step(c, mask, params, groups.train,  # noqa: E731
+                                                 z_support, static)
+            else:
+                step = lambda c: _direct_step(c, mask, params, groups.train,  # noqa: E731
+                                              static, block_bytes, group_block_bytes)
+            return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
 
         def native_loop(carry):
             return _native_direct_loop(carry, mask, params, groups.train, num_steps, static)
