@@ -278,7 +278,7 @@ EVAL_BLOCK_BYTES = 1 << 22
 #: for the CPU's caches; on a GPU each is a kernel launch of its own, and with 1 MiB group
 #: blocks R = 4096 seeds at d = 1000 took 2,048 of them a step (4-5 % of the H200's float32
 #: peak, ``benchmarks/RESULTS.md``, 2026-12-04). ``plan.run_bytes`` already counts a whole
-#: updated copy of the weights.
+#: updated copy of the weights. The direct step then runs as ``_unblocked_step``.
 UNBLOCKED = 1 << 62
 
 

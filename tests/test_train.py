@@ -225,7 +225,8 @@ def test_a_run_does_not_depend_on_its_batch_or_layout(formulation):
 def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation, block_bytes):
     """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise), and the
     direct step over blocks of groups; blocks smaller than a run's weights (one run, one group
-    a block) and no blocks at all (as on an accelerator) still give ``advance``'s numbers."""
+    a block) and no blocks at all (an accelerator's ``_unblocked_step``, the support folded
+    into both products) still give ``advance``'s numbers."""
     _, table, _ = build(OPTION_SETS[name])
     chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
     _, state, _ = run_batched(table, chunk, formulation=formulation)
