@@ -4,15 +4,17 @@
 #     bash benchmarks/gpu_check.sh OUTDIR [SECONDS [STEP...]]
 #
 # In order of importance, each step capped so that all of them end within SECONDS (default
-# 540); with STEP names, only those: the machine and its packages (machine); the float32
-# throughput at paper sizes d = 1000 against the device's float32 matrix-product peak and
-# PyTorch on the same GPU (f32-4096, f32-1024); the step's formulations timed as loops of
-# their two products (forms: benchmarks/update_forms.py) and the step against its own
-# products (products: benchmarks/step_products.py), with their optimized HLO; the
-# correctness tests that compare the step with the float64 reference and PyTorch's step
-# (tests); TF32 throughput; device memory; the plain loop (slow on a GPU: only small R); the
-# other sizes; the quick sweep end to end in float32 and TF32 (results.csv to compare with
-# benchmarks/compare_results.py). A bench case took 30-50 s on an H200 (2026-12-04).
+# 540); with STEP names, only those: machine (the machine and its packages); f32-1024 and
+# f32-4096 (the float32 step at paper sizes d = 1000 against the device's float32
+# matrix-product peak and PyTorch on the same GPU); memory (device memory against state and
+# data); d1000-f32 (benchmarks/precision_d1000.toml end to end: the direct step's results, to
+# compare with the CPU's by benchmarks/compare_results.py); tests (the step against the
+# float64 reference, PyTorch's step on CUDA); tf32-d1000 (TF32 throughput); forms
+# (benchmarks/update_forms.py: the step's formulations as loops of their two products) and
+# products (benchmarks/step_products.py: the step against its own products), with their
+# optimized HLO; loop (the plain loop, slow on a GPU: only small R); f32-other (d = 2000 and
+# the quick sweep's sizes); quick-f32 and quick-tf32 (the quick sweep end to end). A bench
+# case took 30-50 s on an H200 (2026-12-04).
 # Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
@@ -56,16 +58,17 @@ sweep() {  # NAME CAP SWEEP-FILE [PRECISION]: the sweep, its TOML given matmul_p
 step machine 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=clocks.max.sm,power.limit \
   --format=csv; $py -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|optax|orbax|numpy|torch|matplotlib|tqdm) '; \
   $py -c 'import jax; print(jax.devices(), jax.devices()[0].device_kind)'"
+bench f32-1024 80 --sizes paper-d1000 --runs 1024 --impls advance torch --no-memory
 bench f32-4096 90 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory
-step forms 60 "$py" benchmarks/update_forms.py --hlo "$work/hlo"
+bench memory 90 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096 \
+  --layouts seeds
+sweep d1000-f32 60 benchmarks/precision_d1000.toml
 step tests 90 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
   -k "reference_runs or torch_step or accelerator"
-bench f32-1024 80 --sizes paper-d1000 --runs 1024 --impls advance torch --no-memory
-step products 60 "$py" benchmarks/step_products.py --hlo "$work/hlo"
 bench tf32-d1000 80 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory \
   --matmul-precision tensorfloat32
-bench memory 60 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024 4096 \
-  --layouts seeds
+step forms 60 "$py" benchmarks/update_forms.py --hlo "$work/hlo"
+step products 60 "$py" benchmarks/step_products.py --hlo "$work/hlo"
 bench loop 60 --sizes paper-d1000 --runs 16 256 --layouts shared --impls advance loop --no-memory
 bench f32-other 100 --sizes paper-d2000 quickstart --runs 4096 --impls advance torch --no-memory
 sweep quick-f32 40 sweeps/quickstart.toml
