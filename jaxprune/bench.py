@@ -904,15 +904,18 @@ def format_markdown(result: dict) -> str:
         f"{m['date']}. XLA_FLAGS={m.get('xla_flags', '')!r}. jaxprune commit "
         f"{m.get('commit') or 'unknown'}.",
         f"Load average (1 min): {_load_text(result['load_start'])} at the start, "
-        f"{_load_text(result['load_end'])} at the end (2 cores; above about 0.5 other "
-        "processes were competing for them and every number below is depressed and noisy).",
+        f"{_load_text(result['load_end'])} at the end ({m['cores']} cores; "
+        + (f"above about {m['cores'] / 4:g} other processes were competing for them and every "
+           "number below is depressed and noisy)." if on_cpu else
+           "the host's: the timed work runs on the device)."),
         f"Matrix products at precision {precision}. Peak (best of square products by "
         f"{products}, measured at the start and the end): **{peak:.1f} GFLOP/s** ("
         + "; ".join(f"{when} {name} " + ", ".join(f"{k}: {v:.0f}" for k, v in sizes.items())
                     for when in ("start", "end")
                     for name, sizes in _peak_sizes(result["peak"][when]))
         + ").",
-        f"The step's CPU products: {m.get('cpu_products', 'XLA (before cpu_update existed)')}.",
+        (f"The step's CPU products: {m.get('cpu_products', 'XLA (before cpu_update existed)')}."
+         if on_cpu else "The step's products: XLA's, on the device."),
         "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
         "less this process's CPU time; 0 = a quiet machine).",
         f"peak beside: {'numpy' if on_cpu else 'XLA'}'s square product of the size "
