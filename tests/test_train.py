@@ -361,7 +361,8 @@ def test_every_matrix_product_has_the_static_precision(name, formulation):
     """XLA's default precision is TF32 on recent NVIDIA GPUs (bfloat16 passes on TPUs): every
     matrix product of every program asks for full float32 (HIGHEST) by default, and for TF32
     (HIGH) with ``matmul_precision = "tensorfloat32"`` (on the CPU the same numbers, so only
-    the programs can show it). ``static`` is passed by position and by keyword."""
+    the programs can show it), on the CPU and on a GPU. ``static`` is passed by position and
+    by keyword."""
     _, table, chunk = build(OPTION_SETS[name])
     static = dataclasses.replace(chunk.static, dtype="float32", formulation=formulation)
     assert static.matmul_precision == "float32"
@@ -377,7 +378,10 @@ def test_every_matrix_product_has_the_static_precision(name, formulation):
                     train.build_gram.lower(state.mask, groups, static),
                     train.evaluate.lower(state, params, groups, static=static),
                     train.train_steps.lower(state, params, groups, steps, static, gram),
-                    train.advance.lower(state, params, groups, steps, static, gram)]
+                    train.advance.lower(state, params, groups, steps, static, gram),
+                    # The accelerator's step (``_unblocked_step``), lowered for a GPU.
+                    train.train_steps.trace(state, params, groups, steps, static, gram).lower(
+                        lowering_platforms=("cuda",))]
         dots = [line for program in programs for line in program.as_text().splitlines()
                 if "dot_general" in line]
         assert len(dots) >= 5
