@@ -918,9 +918,8 @@ def format_markdown(result: dict) -> str:
          if on_cpu else "The step's products: XLA's, on the device."),
         "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
         "less this process's CPU time; 0 = a quiet machine).",
-        f"peak beside: {'numpy' if on_cpu else 'XLA'}'s square product of the size "
-        "fastest at the start, timed in the "
-        "same rotation as the row's implementations; \"% of it\" is the row's share of the "
+        f"peak beside: {'numpy' if on_cpu else 'XLA'}'s square product of the size fastest "
+        "at the start, timed in the same rotation as the row's implementations; \"% of it\" is the row's share of the "
         "machine as it ran while the row was timed, \"% of peak\" its share of the pass's "
         "best.",
         f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
@@ -994,6 +993,8 @@ def format_markdown(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``jaxprune bench``."""
+    from jaxprune.config import FIELDS
+
     parser.add_argument("--quick", action="store_true",
                         help="a short run (about a minute): paper sizes d=1000, R in {16, 256}")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZE_SETS), metavar="SIZES",
@@ -1019,8 +1020,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-runs", nargs="+", type=int, metavar="R",
                         help="numbers of runs R of the memory profile (default 256 1024 4096; "
                              "quick 256)")
-    parser.add_argument("--matmul-precision", choices=["float32", "tensorfloat32"],
-                        default="float32",
+    parser.add_argument("--matmul-precision", choices=FIELDS["matmul_precision"].choices,
+                        default=FIELDS["matmul_precision"].default,
                         help="precision of the step's and the peak's float32 products "
                              "(the sweep option matmul_precision; tensorfloat32 matters on "
                              "NVIDIA GPUs only)")
