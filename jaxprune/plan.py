@@ -93,9 +93,14 @@ def run_bytes(static: Static) -> int:
 
 
 def group_bytes(static: Static) -> int:
-    """Device memory one seed's shared data needs."""
+    """Device memory one seed's shared data needs: its examples (noise patches, labels, flip
+    draws), initialization and mask draws, and the accelerator step's copy of the training
+    noise with the support's indicator, ``(n + 1) x d`` (``train._support_noise``; the CPU's
+    step makes none, so there this overestimates by that much)."""
     f = static.float_dtype.itemsize
-    return ((static.n + static.n_test) * static.d + 4 * static.width * static.d) * f
+    examples = (static.n + static.n_test) * (static.d + 2)
+    draws = 4 * static.width * static.d + 2 * static.width
+    return (examples + draws + (static.n + 1) * static.d) * f
 
 
 def default_memory_budget() -> int:

@@ -115,11 +115,12 @@ def test_signal_filters_counts_filters_touching_the_support():
 def test_make_groups_in_batches_equals_each_seed_drawn_alone():
     """``make_groups`` draws a few seeds at a time; every seed's draws are those of
     ``group_data`` for that seed alone, in full batches and in the remainder."""
-    from jaxprune import plan, train
+    from jaxprune import train
 
     static = dataclasses.replace(BASE, n=500, groups=5)
     seeds = jnp.arange(10, 15, dtype=jnp.uint32)
-    batch = train.BLOCK_BYTES // plan.group_bytes(static)
+    one_seed = jax.eval_shape(lambda s: group_data(s, static), seeds[0])
+    batch = train.BLOCK_BYTES // sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(one_seed))
     assert 1 < batch < static.groups and static.groups % batch  # both paths are exercised
     got = train.make_groups(seeds, static)
     for s, seed in enumerate(seeds):

@@ -1,10 +1,16 @@
 """Shape buckets and chunk layout."""
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import tiny_sweep
-from jaxprune.plan import (PAD, chunk_from_json, chunk_to_json, padded_sizes, plan_chunks,
-                           run_bytes)
+from jaxprune import train
+from jaxprune.plan import (PAD, chunk_from_json, chunk_to_json, group_bytes, padded_sizes,
+                           plan_chunks, run_bytes)
 
 
 def test_padded_sizes_minimise_padded_work_with_few_buckets():
@@ -69,3 +75,16 @@ def test_matmul_precision_reaches_the_program_and_the_plan():
     assert chunk_from_json(saved).static == chunk.static
     del saved["static"]["matmul_precision"]
     assert chunk_from_json(saved).static.matmul_precision == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_group_bytes_are_one_seeds_arrays_and_the_accelerator_steps_noise_copy(dtype):
+    """What the planner counts a seed is what ``make_groups`` returns for it plus the
+    ``[Z; 1_S]`` that ``train._support_noise`` builds from it (read off the arrays' shapes)."""
+    (chunk,) = plan_chunks(tiny_sweep(data={"d": 37, "n": 11, "n_test": 13},
+                                      train={"dtype": dtype}).run_table(), memory_budget=2**33)
+    one_seed = dataclasses.replace(chunk.static, groups=1)
+    groups = jax.eval_shape(lambda s: train.make_groups(s, one_seed), jnp.zeros(1, jnp.uint32))
+    noise_copy = jax.eval_shape(lambda z: train._support_noise(z, one_seed), groups.train.noise)
+    arrays = [*jax.tree.leaves(groups), noise_copy]
+    assert group_bytes(one_seed) == sum(x.size * x.dtype.itemsize for x in arrays)
