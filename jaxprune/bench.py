@@ -919,9 +919,9 @@ def format_markdown(result: dict) -> str:
         "others' CPU: cores other processes kept busy while a row was timed (from /proc/stat "
         "less this process's CPU time; 0 = a quiet machine).",
         f"peak beside: {'numpy' if on_cpu else 'XLA'}'s square product of the size fastest "
-        "at the start, timed in the same rotation as the row's implementations; \"% of it\" is the row's share of the "
-        "machine as it ran while the row was timed, \"% of peak\" its share of the pass's "
-        "best.",
+        "at the start, timed in the same rotation as the row's implementations; \"% of it\" "
+        "is the row's share of the machine as it ran while the row was timed, \"% of peak\" "
+        "its share of the pass's best.",
         f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
         f"{result['settings']['torch_threads']} (OMP_WAIT_POLICY="
         f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
