@@ -92,10 +92,11 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(root)
 
 
-def _openblas() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
-    """The ILP64 ``cblas_sgemm`` of the OpenBLAS inside numpy's wheel, and its
-    ``openblas_set_num_threads_local``: each of XLA's threads runs a one-thread sgemm (with
-    OpenBLAS's own threads beside XLA's, the step ran 2.5x slower on 2 cores)."""
+def _openblas() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr, str]:
+    """The ILP64 ``cblas_sgemm`` of the OpenBLAS inside numpy's wheel, its
+    ``openblas_set_num_threads_local`` (each of XLA's threads runs a one-thread sgemm: with
+    OpenBLAS's own threads beside XLA's, the step ran 2.5x slower on 2 cores) and the kernels
+    it runs (its core name, which ``OPENBLAS_CORETYPE`` chooses where it is set)."""
     root = pathlib.Path(np.__file__).parent
     for pattern, symbol in OPENBLAS:
         for path in sorted(root.glob(pattern)):
@@ -105,7 +106,11 @@ def _openblas() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
             if not hasattr(lib, "openblas_set_num_threads_local"):
                 raise Unavailable(f"{path.name} is older than OpenBLAS 0.3.27 "
                                   "(no openblas_set_num_threads_local)")
-            return getattr(lib, symbol), lib.openblas_set_num_threads_local
+            corename = getattr(lib, symbol.replace("cblas_sgemm", "openblas_get_corename"), None)
+            if corename is not None:
+                corename.restype = ctypes.c_char_p
+            core = corename().decode() if corename is not None else "unknown"
+            return getattr(lib, symbol), lib.openblas_set_num_threads_local, core
     raise Unavailable("numpy carries no ILP64 OpenBLAS (a numpy wheel from PyPI does)")
 
 
@@ -146,7 +151,7 @@ def _load() -> str:
         raise Unavailable("turned off by JAXPRUNE_NATIVE_UPDATE=0")
     if not hasattr(jax, "ffi"):
         raise Unavailable(f"jax {jax.__version__} has no jax.ffi (0.4.38 and newer have)")
-    sgemm, set_threads_local = _openblas()
+    sgemm, set_threads_local, core = _openblas()
     path = _build()
     try:
         lib = ctypes.CDLL(str(path))
@@ -157,7 +162,9 @@ def _load() -> str:
     for target in TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
                                     platform="cpu")
-    return f"native: {sgemm.__name__} of numpy's OpenBLAS, built at {path}"
+    chosen = os.environ.get("OPENBLAS_CORETYPE")
+    kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
+    return f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}), built at {path}"
 
 
 def status() -> str:

@@ -3,7 +3,11 @@ and a float64 numpy computation, and their fallbacks."""
 
 import dataclasses
 import functools
+import os
+import platform
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +190,18 @@ def test_an_unloadable_library_in_the_cache_is_named(monkeypatch, tmp_path):
         cpu_update._load.__wrapped__()
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS's x86-64 core names")
+@pytest.mark.parametrize("core", ["Nehalem", "Sandybridge"])
+def test_status_names_the_kernels_openblas_runs_and_who_chose_them(native, core):
+    """OpenBLAS picks its kernels when it loads, from the CPU or from OPENBLAS_CORETYPE (set on
+    some machines to hold a CPU to older kernels, at half its speed): the status says which."""
+    code = "from jaxprune import cpu_update; print(cpu_update.status())"
+    env = {**os.environ, "OPENBLAS_CORETYPE": core.upper()}  # OpenBLAS ignores the case
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert f"OpenBLAS ({core} kernels, OPENBLAS_CORETYPE={core.upper()})" in out, out
+
+
 def test_block_bytes_are_one_cores_l2_cache(tmp_path):
     def cache(*levels_and_sizes):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
@@ -208,7 +224,7 @@ def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
     """OpenBLAS's thread count is one global: the calls set it to 1 while their blocks run on
     XLA's threads and must put it back after (each thread restoring what it had read left
     numpy's own products on one thread for the rest of the process)."""
-    _, set_threads = cpu_update._openblas()
+    _, set_threads, _ = cpu_update._openblas()
     w, step_noise, step_support, mask, z = update_inputs(2, 64, 8, 256)
     update = jax.jit(functools.partial(cpu_update.update_and_project, support=1,
                                        block_bytes=1024))  # one row a block: 128 blocks
