@@ -8,7 +8,7 @@
 // cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
 // (W and P are updated in place), in blocks of rows of about `block_bytes`, small enough to
 // stay in cache while the support shift, the mask and the projections follow (cpu_update.py
-// picks one core's L2 cache). The blocks run on XLA's intra-op threads. sgemm is an ILP64
+// picks twice one core's L2 cache). The blocks run on XLA's intra-op threads. sgemm is an ILP64
 // cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by jaxprune_set_blas
 // before the first call.
 

@@ -13,8 +13,8 @@ and 1.20-1.25x with one run per seed than with two calls per block of groups,
 The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
-W, then the mask and the projections, in blocks of rows that stay in the L2 cache
-(``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products`` reads each
+W, then the mask and the projections, in blocks of rows that stay near the core (twice its
+L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products`` reads each
 K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters interleaved
 (``interleave``) so that it works on that many filters at once: the kernel formulation's
 step is bound by reading the K_f from memory.
@@ -75,11 +75,14 @@ def _l2_bytes(cpu: pathlib.Path = pathlib.Path("/sys/devices/system/cpu/cpu0/cac
     return 1 << 19
 
 
-#: Bytes of W a block of rows of the native calls holds: one core's L2 cache, so that a block
-#: stays there between the update, the mask and the projections. Best on both machines of
-#: ``benchmarks/RESULTS.md``: 512 KiB on a 512 KiB L2 (256 KiB 0.88-0.98x, 1 MiB 1.01x) and
-#: 2 MiB on a 2 MiB L2 (1.16-1.24x the speed of 512 KiB blocks there).
-BLOCK_BYTES = _l2_bytes()
+#: Bytes of W a block of rows of the native calls holds: twice one core's L2 cache, so that a
+#: block stays near the core between the update, the mask and the projections, and each call
+#: spreads its packing of Z over many rows. Measured (``benchmarks/RESULTS.md``): on a 512 KiB
+#: L2, 512 KiB blocks beat 256 KiB by 1.02-1.14x and 1 MiB matched them (1.01x); on a 2 MiB
+#: L2, 2 MiB beat 512 KiB by 1.16-1.24x; on a 1 MiB L2 (AMD Zen 5, OpenBLAS's AVX-512
+#: kernels), 2 MiB beat 1 MiB by 1.03-1.04x (A/B medians) and 4 MiB matched 2 MiB (with its AVX2 kernels
+#: 1, 2 and 4 MiB all ran within 1 %).
+BLOCK_BYTES = 2 * _l2_bytes()
 
 
 class Unavailable(Exception):
