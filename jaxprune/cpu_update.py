@@ -80,8 +80,8 @@ def _l2_bytes(cpu: pathlib.Path = pathlib.Path("/sys/devices/system/cpu/cpu0/cac
 #: spreads its packing of Z over many rows. Measured (``benchmarks/RESULTS.md``): on a 512 KiB
 #: L2, 512 KiB blocks beat 256 KiB by 1.02-1.14x and 1 MiB matched them (1.01x); on a 2 MiB
 #: L2, 2 MiB beat 512 KiB by 1.16-1.24x; on a 1 MiB L2 (AMD Zen 5, OpenBLAS's AVX-512
-#: kernels), 2 MiB beat 1 MiB by 1.03-1.04x (A/B medians) and 4 MiB matched 2 MiB (with its AVX2 kernels
-#: 1, 2 and 4 MiB all ran within 1 %).
+#: kernels), 2 MiB beat 1 MiB by 1.03-1.04x (A/B medians) and 4 MiB matched 2 MiB (with its
+#: AVX2 kernels 1, 2 and 4 MiB all ran within 1 %).
 BLOCK_BYTES = 2 * _l2_bytes()
 
 
