@@ -14,10 +14,10 @@ The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU'
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
 W, then the mask and the projections, in blocks of rows that stay near the core (twice its
-L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products`` reads each
-K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters interleaved
-(``interleave``) so that it works on that many filters at once: the kernel formulation's
-step is bound by reading the K_f from memory.
+L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products``
+reads each K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters
+interleaved (``interleave``) so that it works on that many filters at once: the kernel
+formulation's step is bound by reading the K_f from memory.
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
 wheel ships.
@@ -109,12 +109,19 @@ def _openblas() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr, str]:
             if not hasattr(lib, "openblas_set_num_threads_local"):
                 raise Unavailable(f"{path.name} is older than OpenBLAS 0.3.27 "
                                   "(no openblas_set_num_threads_local)")
-            corename = getattr(lib, symbol.replace("cblas_sgemm", "openblas_get_corename"), None)
-            if corename is not None:
-                corename.restype = ctypes.c_char_p
-            core = corename().decode() if corename is not None else "unknown"
-            return getattr(lib, symbol), lib.openblas_set_num_threads_local, core
+            return (getattr(lib, symbol), lib.openblas_set_num_threads_local,
+                    _core_name(lib, symbol))
     raise Unavailable("numpy carries no ILP64 OpenBLAS (a numpy wheel from PyPI does)")
+
+
+def _core_name(lib: ctypes.CDLL, sgemm_symbol: str) -> str:
+    """The kernels an OpenBLAS runs: its ``openblas_get_corename``, named as its sgemm is."""
+    try:
+        corename = getattr(lib, sgemm_symbol.replace("cblas_sgemm", "openblas_get_corename"))
+    except AttributeError:
+        return "unknown"
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
 
 
 def _build() -> pathlib.Path:

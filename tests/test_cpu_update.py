@@ -202,7 +202,7 @@ def test_status_names_the_kernels_openblas_runs_and_who_chose_them(native, core)
     assert f"OpenBLAS ({core} kernels, OPENBLAS_CORETYPE={core.upper()})" in out, out
 
 
-def test_block_bytes_are_one_cores_l2_cache(tmp_path):
+def test_l2_bytes_are_one_cores_l2_cache(tmp_path):
     def cache(*levels_and_sizes):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         for i, (level, size) in enumerate(levels_and_sizes):
