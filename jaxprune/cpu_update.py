@@ -174,7 +174,9 @@ def _load() -> str:
                                     platform="cpu")
     chosen = os.environ.get("OPENBLAS_CORETYPE")
     kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
-    return f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}), built at {path}"
+    own = (f"; W Z^T by its own AVX-512 kernel where a group has >= {OWN_MIN_ROWS} rows"
+           if lib.jaxprune_own_projection() else "")
+    return f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}, built at {path}"
 
 
 def status() -> str:
@@ -190,27 +192,44 @@ def available(dtype=np.float32) -> bool:
     return np.dtype(dtype) == np.float32 and status().startswith("native")
 
 
+#: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own AVX-512 kernel wherever
+#: the CPU has AVX-512 ("own"), or that kernel where a group has ``OWN_MIN_ROWS`` rows or more
+#: and sgemm elsewhere ("auto", the default). Without AVX-512, sgemm always.
+PROJECTIONS = {"blas": 0, "auto": 1, "own": 2}
+#: Rows of W per group from which "auto" packs the group's Z for the own kernel
+#: (``kOwnMinRows`` in ``cpu_update.cc``).
+OWN_MIN_ROWS = 1024
+
+
+def own_projection() -> bool:
+    """Whether the own projection kernel runs on this CPU (it needs AVX-512)."""
+    return available() and bool(ctypes.CDLL(str(_build())).jaxprune_own_projection())
+
+
 def update_and_project(w, proj, step_noise, step_support, mask, z, project, support: int,
-                       block_bytes: int = BLOCK_BYTES) -> tuple[jax.Array, jax.Array]:
+                       block_bytes: int = BLOCK_BYTES, projection: str = "auto"
+                       ) -> tuple[jax.Array, jax.Array]:
     """``W' = where(M, W - Dn Z - [k < s] ds, 0)`` and, where the scalar ``project`` is true,
     ``P' = W' Z^T`` (else ``P' = P``), in place of W and P; on the CPU only (pair it with the
     XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, P, Dn
     ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``; in blocks of rows of W of about
-    ``block_bytes``."""
+    ``block_bytes``; ``projection``: a key of ``PROJECTIONS``."""
     _load()
     call = jax.ffi.ffi_call(TARGETS[0], (jax.ShapeDtypeStruct(w.shape, w.dtype),
                                          jax.ShapeDtypeStruct(proj.shape, proj.dtype)),
                             input_output_aliases={0: 0, 1: 1})
     return call(w, proj, step_noise, z, mask, step_support, jnp.asarray(project, bool),
-                support=np.int64(support), block_bytes=np.int64(max(1, block_bytes)))
+                support=np.int64(support), block_bytes=np.int64(max(1, block_bytes)),
+                projection=np.int64(PROJECTIONS[projection]))
 
 
-def projections(w, z, block_bytes: int = BLOCK_BYTES) -> jax.Array:
+def projections(w, z, block_bytes: int = BLOCK_BYTES, projection: str = "auto") -> jax.Array:
     """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and Z ``(S, n, d)``, in the
     blocks of ``update_and_project``; on the CPU only."""
     _load()
     shape = jax.ShapeDtypeStruct(w.shape[:2] + z.shape[1:2], w.dtype)
-    return jax.ffi.ffi_call(TARGETS[1], shape)(w, z, block_bytes=np.int64(max(1, block_bytes)))
+    return jax.ffi.ffi_call(TARGETS[1], shape)(w, z, block_bytes=np.int64(max(1, block_bytes)),
+                                               projection=np.int64(PROJECTIONS[projection]))
 
 
 #: Filters whose triangles ``symmetric_products`` reads interleaved (one 8-float vector).

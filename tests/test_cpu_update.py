@@ -45,9 +45,17 @@ def update_inputs(S, F, n, d, seed=0):
 BLOCKS = 1 << 19
 
 
+@pytest.fixture(params=["blas", "own"])
+def projection(request, native):
+    """Both ways of forming ``W Z^T``: OpenBLAS's sgemm and the own AVX-512 kernel."""
+    if request.param == "own" and not cpu_update.own_projection():
+        pytest.skip("this CPU has no AVX-512: the own projection kernel does not run here")
+    return request.param
+
+
 @pytest.mark.parametrize("S, F, n, d, s", [(1, 298, 30, 947, 1), (3, 40, 7, 64, 3),
                                            (2, 6, 100, 1000, 1)])
-def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d, s):
+def test_native_update_and_projections_equal_xla_and_float64(projection, S, F, n, d, s):
     w, step_noise, step_support, mask, z = update_inputs(S, F, n, d)
     on_support = np.arange(d) < s
     exact = np.where(mask, w.astype(np.float64)
@@ -57,7 +65,7 @@ def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d,
     static = dataclasses.replace(_float32_chunk()[0], groups=S, group_size=1, d=d, n=n,
                                  width=F // 2, signal_support=s)
     call = jax.jit(functools.partial(cpu_update.update_and_project, support=s,
-                                     block_bytes=BLOCKS))
+                                     block_bytes=BLOCKS, projection=projection))
     old_proj = np.full((S, F, n), 7.0, np.float32)
     got, got_proj = call(w.copy(), old_proj.copy(), step_noise, step_support, mask, z, True)
     xla = jax.jit(functools.partial(train._blocked_update, static=static,
@@ -76,12 +84,47 @@ def test_native_update_and_projections_equal_xla_and_float64(native, S, F, n, d,
 
 
 @pytest.mark.parametrize("S, F, n, d", [(1, 298, 30, 947), (3, 40, 7, 64)])
-def test_native_projections_equal_float64(native, S, F, n, d):
+def test_native_projections_equal_float64(projection, S, F, n, d):
     w, _, _, _, z = update_inputs(S, F, n, d)
     exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
-    got = jax.jit(functools.partial(cpu_update.projections, block_bytes=BLOCKS))(w, z)
+    got = jax.jit(functools.partial(cpu_update.projections, block_bytes=BLOCKS,
+                                    projection=projection))(w, z)
     assert got.shape == (S, F, n)
-    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(got, exact, rtol=0, atol=2e-6 * np.abs(exact).max())
+
+
+# The own kernel's cases: n = 1 and 7 are dot tiles only (n < 16), 16 one vector of one panel,
+# 100 six vectors and four dot columns, 113 a panel of 96 columns, one of 16 and one dot
+# column, 200 two panels of 96 and 8 dot columns; F = 1, 2, 3, 5 and 13 rows leave 1-3 rows
+# after the tiles of 4; d = 1, 17 and 947 end in a part of a vector.
+@pytest.mark.parametrize("F, n, d", [(5, 1, 17), (13, 7, 947), (2, 16, 33), (3, 100, 1000),
+                                     (13, 113, 64), (1, 200, 1), (30, 200, 129)])
+def test_own_projection_kernel_is_within_float32_summation_error(projection, F, n, d):
+    """W Z^T of every tile shape of the own kernel (and of sgemm) against float64: each entry
+    is a float32 sum of d products, whose rounding error is at most d eps sum_j |w_j z_j|
+    (a tile that dropped or repeated one product would be off by about one |w_j z_j|)."""
+    w, _, _, _, z = update_inputs(2, F, n, d, seed=F + n + d)
+    exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
+    bound = d * np.finfo(np.float32).eps * np.einsum("sfd,snd->sfn", np.abs(w), np.abs(z))
+    got = jax.jit(functools.partial(cpu_update.projections, block_bytes=4 * d * 6,
+                                    projection=projection))(w, z)
+    assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= bound)
+    assert np.abs(exact).max() > 1.0  # the products are not all zero
+
+
+def test_auto_projection_uses_the_own_kernel_from_its_group_rows(native):
+    """``auto`` forms W Z^T with the own kernel where a group has ``OWN_MIN_ROWS`` rows or
+    more (its packing of Z pays there) and with sgemm below: the two round differently, so
+    the bits tell which ran."""
+    if not cpu_update.own_projection():
+        pytest.skip("this CPU has no AVX-512: the own projection kernel does not run here")
+    least = cpu_update.OWN_MIN_ROWS
+    for rows, expected in ((least, "own"), (least - 4, "blas")):
+        w, _, _, _, z = update_inputs(1, rows, 20, 300)
+        got = {p: np.asarray(cpu_update.projections(w, z, projection=p))
+               for p in ("auto", "own", "blas")}
+        assert not np.array_equal(got["own"], got["blas"])
+        np.testing.assert_array_equal(got["auto"], got[expected])
 
 
 def symmetric_inputs(S, F, n, seed=0):
