@@ -13,7 +13,9 @@ This script makes the same ``cblas_sgemm`` calls in numpy's OpenBLAS (the librar
 call uses) and, where the ``mkl`` wheel is installed (``pip install mkl``, or ``--mkl`` naming
 its ``libmkl_rt``), in MKL's sequential layer, each interleaved with a square 1024 one of the
 same library: medians of ``--repeats`` timings of about ``WORK`` FLOP each. The step can reach
-no larger share of the square peak than these calls do.
+no larger share of the square peak than these calls do. Where the CPU has AVX-512, a second
+table times the projection by the library's own kernel (``ProjectRows``, Z packed once
+before the timing, as the native call packs it once per call) beside OpenBLAS's.
 """
 
 import os
@@ -88,6 +90,41 @@ def gflops(libraries: dict, shape: tuple, repeats: int) -> tuple[dict, dict]:
             {name: speed[name, "square"] for name in libraries})
 
 
+def own_projection(rows: int, d: int, n: int, repeats: int) -> tuple[float, float, float]:
+    """GFLOP/s of the projection ``(rows x d) @ (n x d)^T`` by the own kernel and by
+    OpenBLAS's sgemm, and of OpenBLAS's square 1024 product, interleaved on this thread."""
+    lib = ctypes.CDLL(str(cpu_update._build()))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.jaxprune_pack_noise.argtypes = [ptr, i64, i64, ptr]
+    lib.jaxprune_project_rows.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64]
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((rows, d), dtype=np.float32)
+    z = rng.standard_normal((n, d), dtype=np.float32)
+    zt, zeros = np.empty(n // 16 * 16 * d, np.float32), np.zeros(d, np.float32)
+    p = np.empty((rows, n), np.float32)
+    lib.jaxprune_pack_noise(z.ctypes.data, n, d, zt.ctypes.data)
+    own = (lambda: lib.jaxprune_project_rows(c.ctypes.data, rows, z.ctypes.data,  # noqa: E731
+                                             zt.ctypes.data, zeros.ctypes.data,
+                                             p.ctypes.data, n, d))
+    sgemm = sgemms(None)["openblas"]
+    runs = {"own": (own, None), "openblas": call(sgemm, rows, d, n, True, 0.0),
+            "square": call(sgemm, 1024, 1024, 1024, False, 0.0)}
+    flops = {"own": 2 * rows * d * n, "openblas": 2 * rows * d * n, "square": 2 * 1024 ** 3}
+    times = {k: [] for k in runs}
+    for run, _ in runs.values():
+        run()
+    for _ in range(repeats):
+        for k, (run, _) in runs.items():
+            inner = max(1, round(WORK / flops[k]))
+            start = time.perf_counter()
+            for _ in range(inner):
+                run()
+            times[k].append((time.perf_counter() - start) / inner)
+    exact = c.astype(np.float64) @ z.astype(np.float64).T
+    assert np.abs(p - exact).max() <= 1e-5 * np.abs(exact).max(), "own kernel is wrong"
+    return tuple(flops[k] / statistics.median(times[k]) / 1e9 for k in runs)
+
+
 def block_rows(group_rows: int, d: int) -> int:
     """Rows of W in one block of the native call (``RowBlocks`` in ``cpu_update.cc``): a
     group's rows cut into equal blocks of at most about ``BLOCK_BYTES``."""
@@ -126,6 +163,16 @@ def main() -> None:
             rows = block_rows(group_rows, d)
             row(f"{size} {layout} update {rows} x {n} x {d}", (rows, n, d, False, 1.0))
             row(f"{size} {layout} projection {rows} x {d} x {n}", (rows, d, n, True, 0.0))
+    if cpu_update.own_projection():
+        print("\n| projection (M x K x N) | own kernel GFLOP/s | openblas GFLOP/s "
+              "| own / openblas | own / openblas square 1024 |\n|---|---:|---:|---:|---:|")
+        for size in args.sizes:
+            d, n, width = bench.SIZE_SETS[size]
+            for layout, group_rows in (("shared", 2 * width * 256), ("seeds", 2 * width)):
+                rows = block_rows(group_rows, d)
+                own, blas, square = own_projection(rows, d, n, args.repeats)
+                print(f"| {size} {layout} {rows} x {d} x {n} | {own:.1f} | {blas:.1f} "
+                      f"| {own / blas:.2f} | {own / square:.0%} |", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -455,6 +455,17 @@ ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
 // Whether ProjectRows runs on this CPU (AVX-512).
 extern "C" int jaxprune_own_projection() { return OwnKernelRuns(); }
 
+// The own kernel on the calling thread, for benchmarks/thin_products.py: zt (16 floor(n / 16)
+// x d floats) = Z packed, then p (count, n) = c (count, d) Z^T; zeros: d zeros.
+extern "C" void jaxprune_pack_noise(const float* z, int64_t n, int64_t d, float* zt) {
+  PackNoise(z, n / 16 * 16, d, zt);
+}
+extern "C" void jaxprune_project_rows(const float* c, int64_t count, const float* z,
+                                      const float* zt, const float* zeros, float* p, int64_t n,
+                                      int64_t d) {
+  ProjectRows(c, count, z, zt, zeros, p, n, d);
+}
+
 extern "C" void jaxprune_set_blas(void* sgemm_fn, void* set_threads_local_fn) {
   sgemm = reinterpret_cast<Sgemm>(sgemm_fn);
   set_threads_local = reinterpret_cast<int (*)(int)>(set_threads_local_fn);
