@@ -98,14 +98,15 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
 
 // P = C Z^T for a block of rows C (count, d), by our own AVX-512 kernel. OpenBLAS's sgemm ran
 // this shape (Z's n = 100 rows against a block of several hundred rows of W, d = 1000) at
-// 69-87 % of its square products' speed; on the same blocks this kernel ran 1.2x faster than
-// sgemm, the whole call 1.04-1.09x (benchmarks/RESULTS.md). Z's first `wide` = 16 floor(n / 16)
-// rows are packed transposed, once per call, in panels of up to kPanel columns (PackNoise);
-// each tile of kTileRows rows of C keeps its P row segments in registers (4 x 6 of the 32
-// vector registers) while it streams its rows of C and the panel once. The n - wide last
-// columns are dot products of the tile's rows with Z's last rows (DotTile), summed across
-// the vector lanes at the end.
-constexpr int64_t kTileRows = 4, kPanelVectors = 6, kPanel = 16 * kPanelVectors;
+// 69-87 % of its square products' speed; this kernel at 95-100 %, and the whole native call
+// 1.04-1.09x faster than with sgemm (benchmarks/RESULTS.md). Z's first `wide` =
+// 16 floor(n / 16) rows are packed transposed, once per call, in panels of up to kPanel
+// columns (PackNoise); each tile of kTileRows rows of C keeps its part of P in registers
+// (8 x 3 of the 32 vector registers: per column of the panel, 3 loads and 8 broadcasts feed
+// 24 FMAs) while it streams its rows of C and the panel once. The n - wide last columns are
+// dot products of 4 rows at a time with Z's last rows (DotTile), summed across the vector
+// lanes at the end.
+constexpr int64_t kTileRows = 8, kPanelVectors = 3, kPanel = 16 * kPanelVectors;
 
 // Where our kernel runs instead of sgemm (the `projection` attribute).
 enum Projection : int64_t { kBlas = 0, kOwnWherePays = 1, kOwn = 2 };
@@ -197,6 +198,17 @@ JAXPRUNE_AVX512 void DotTile(const float* c, const float* const* z, float* p, in
 }
 
 template <int R>
+JAXPRUNE_AVX512 void DotRows(const float* c, const float* const* z, float* p, int64_t d,
+                             int64_t ldp, int64_t cols) {
+  if constexpr (R > 4) {
+    DotTile<4>(c, z, p, d, ldp, cols);
+    DotRows<R - 4>(c + 4 * d, z, p + 4 * ldp, d, ldp, cols);
+  } else {
+    DotTile<R>(c, z, p, d, ldp, cols);
+  }
+}
+
+template <int R>
 JAXPRUNE_AVX512 void PanelTileOf(int64_t vectors, const float* c, const float* panel, float* p,
                                  int64_t d, int64_t ldp) {
   switch (vectors) {
@@ -220,7 +232,7 @@ JAXPRUNE_AVX512 void TileRows(const float* c, const float* z, const float* zt,
   for (int64_t k0 = wide; k0 < n; k0 += 4) {
     const float* rows[4];
     for (int k = 0; k < 4; ++k) rows[k] = k0 + k < n ? z + (k0 + k) * d : zeros;
-    DotTile<R>(c, rows, p + k0, d, n, std::min<int64_t>(4, n - k0));
+    DotRows<R>(c, rows, p + k0, d, n, std::min<int64_t>(4, n - k0));
   }
 }
 
@@ -231,6 +243,7 @@ void ProjectRows(const float* c, int64_t count, const float* z, const float* zt,
   for (; r + kTileRows <= count; r += kTileRows) {
     TileRows<kTileRows>(c + r * d, z, zt, zeros, p + r * n, n, d);
   }
+  for (; count - r >= 4; r += 4) TileRows<4>(c + r * d, z, zt, zeros, p + r * n, n, d);
   switch (count - r) {
     case 1: return TileRows<1>(c + r * d, z, zt, zeros, p + r * n, n, d);
     case 2: return TileRows<2>(c + r * d, z, zt, zeros, p + r * n, n, d);

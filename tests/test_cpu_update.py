@@ -94,11 +94,12 @@ def test_native_projections_equal_float64(projection, S, F, n, d):
 
 
 # The own kernel's cases: n = 1 and 7 are dot tiles only (n < 16), 16 one vector of one panel,
-# 100 six vectors and four dot columns, 113 a panel of 96 columns, one of 16 and one dot
-# column, 200 two panels of 96 and 8 dot columns; F = 1, 2, 3, 5 and 13 rows leave 1-3 rows
-# after the tiles of 4; d = 1, 17 and 947 end in a part of a vector.
+# 100 two panels of 48 columns and four dot columns, 113 two of 48, one of 16 and one dot
+# column, 200 four of 48 and 8 dot columns; blocks of at most 13 rows: F = 13 is a tile of 8
+# rows, one of 4 and one row, F = 30 three blocks of 10 (8 + 2), F = 1, 2, 3 and 5 no tile of
+# 8; d = 1, 17, 129 and 947 end in a part of a vector.
 @pytest.mark.parametrize("F, n, d", [(5, 1, 17), (13, 7, 947), (2, 16, 33), (3, 100, 1000),
-                                     (13, 113, 64), (1, 200, 1), (30, 200, 129)])
+                                     (13, 113, 64), (1, 200, 1), (30, 200, 129), (13, 100, 1000)])
 def test_own_projection_kernel_is_within_float32_summation_error(projection, F, n, d):
     """W Z^T of every tile shape of the own kernel (and of sgemm) against float64: each entry
     is a float32 sum of d products, whose rounding error is at most d eps sum_j |w_j z_j|
@@ -106,7 +107,7 @@ def test_own_projection_kernel_is_within_float32_summation_error(projection, F, 
     w, _, _, _, z = update_inputs(2, F, n, d, seed=F + n + d)
     exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
     bound = d * np.finfo(np.float32).eps * np.einsum("sfd,snd->sfn", np.abs(w), np.abs(z))
-    got = jax.jit(functools.partial(cpu_update.projections, block_bytes=4 * d * 6,
+    got = jax.jit(functools.partial(cpu_update.projections, block_bytes=4 * d * 13,
                                     projection=projection))(w, z)
     assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= bound)
     assert np.abs(exact).max() > 1.0  # the products are not all zero
