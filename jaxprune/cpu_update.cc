@@ -111,24 +111,69 @@ constexpr int64_t kTileRows = 8, kPanelVectors = 3, kPanel = 16 * kPanelVectors;
 // Where our kernel runs instead of sgemm (the `projection` attribute).
 enum Projection : int64_t { kBlas = 0, kOwnWherePays = 1, kOwn = 2 };
 
-// A group's rows from which packing its Z pays: at n = 100, d = 1000 a group of 800 rows ran
-// as fast either way and one of 1600 rows 1.13x faster with our kernel; one run per seed (100
-// rows a group) ran 2.4x slower (mostly allocating and packing every group's Z).
-constexpr int64_t kOwnMinRows = 1024;
+// Where our kernel pays ("auto"; benchmarks/RESULTS.md, 2026-12-06, 03:06 UTC). Its dot
+// tiles for the last n mod 16 columns are slower than its panels: with 14 of n = 30 it ran
+// 0.93-0.98x sgemm, so it runs where they are at most a quarter of the panels' FMAs. Z is
+// packed once per call for groups of kOwnMinRows rows or more; below, per block (12 us for
+// n = 100, d = 1000), where a block has at least kOwnMinBlockRows rows (sgemm was 2.4x faster
+// on 8 rows, 0.63x as fast on 16, 0.82x on 100).
+constexpr int64_t kOwnMinRows = 1024, kOwnMinBlockRows = 32;
+
+bool OwnPays(int64_t n) {
+  const int64_t wide = n / 16 * 16, dot_tiles = (n - wide + 3) / 4;
+  return wide > 0 && 16 * dot_tiles <= wide;  // a dot tile: a quarter of a vector's FMAs
+}
 
 #if defined(__x86_64__)
 #define JAXPRUNE_AVX512 __attribute__((target("avx512f")))
 
 bool OwnKernelRuns() { return __builtin_cpu_supports("avx512f"); }
 
+// Transposes the 16 x 16 block r[0..15] (rows) in place: r[x] becomes column x.
+JAXPRUNE_AVX512 void Transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
+  }
+}
+
 // zt: Z's first `wide` rows (a multiple of 16) as panels of up to kPanel columns; the panel
-// of columns [k0, k0 + w) is (d, w) row-major at zt + k0 d.
-void PackNoise(const float* z, int64_t wide, int64_t d, float* zt) {
+// of columns [k0, k0 + w) is (d, w) row-major at zt + k0 d. In 16 x 16 blocks transposed in
+// registers (a pack of Z (100, 1000) took 29 us one float at a time, in cache).
+JAXPRUNE_AVX512 void PackNoise(const float* z, int64_t wide, int64_t d, float* zt) {
+  const int64_t full = d / 16 * 16;
   for (int64_t k0 = 0; k0 < wide; k0 += kPanel) {
     const int64_t w = std::min(kPanel, wide - k0);
     float* panel = zt + k0 * d;
-    for (int64_t j = 0; j < d; ++j) {
-      for (int64_t k = 0; k < w; ++k) panel[j * w + k] = z[(k0 + k) * d + j];
+    for (int64_t k = 0; k < w; k += 16) {
+      for (int64_t j = 0; j < full; j += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(z + (k0 + k + i) * d + j);
+        Transpose16(r);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(panel + (j + i) * w + k, r[i]);
+      }
+      for (int64_t j = full; j < d; ++j) {
+        for (int64_t i = 0; i < 16; ++i) panel[j * w + k + i] = z[(k0 + k + i) * d + j];
+      }
     }
   }
 }
@@ -258,28 +303,34 @@ void ProjectRows(const float*, int64_t, const float*, const float*, const float*
                  int64_t, int64_t) {}
 #endif
 
-// The projections of a call: by sgemm, or by ProjectRows from each group's Z packed here.
+// The projections of a call: by sgemm, or by ProjectRows from each group's Z packed once
+// here (groups of kOwnMinRows rows or more) or for each block.
 class Projector {
  public:
   Projector(ffi::ThreadPool& pool, int64_t projection, const float* z, int64_t groups,
             int64_t rows, int64_t n, int64_t d)
-      : z_(z), n_(n), d_(d),
-        own_(OwnKernelRuns() && (projection == kOwn ||
-                                 (projection == kOwnWherePays && rows >= kOwnMinRows))) {
+      : z_(z), n_(n), d_(d), wide_(n / 16 * 16), forced_(projection == kOwn),
+        own_(OwnKernelRuns() && (forced_ || (projection == kOwnWherePays && OwnPays(n)))),
+        packed_once_(own_ && rows >= kOwnMinRows) {
     if (!own_) return;
-    const int64_t wide = n / 16 * 16;
-    zt_.resize(groups * wide * d);
     zeros_.assign(d, 0.0f);
-    ParallelFor(pool, groups, [this, z, wide, n, d](int64_t g) {
-      PackNoise(z + g * n * d, wide, d, zt_.data() + g * wide * d);
+    if (!packed_once_) return;
+    zt_.resize(groups * wide_ * d);
+    ParallelFor(pool, groups, [this](int64_t g) {
+      PackNoise(z_ + g * n_ * d_, wide_, d_, zt_.data() + g * wide_ * d_);
     });
   }
 
   // p (count, n) = c (count, d) Z_g^T.
   void operator()(int64_t g, const float* c, int64_t count, float* p) const {
     const float* z = z_ + g * n_ * d_;
-    if (own_) {
-      ProjectRows(c, count, z, zt_.data() + g * (n_ / 16 * 16) * d_, zeros_.data(), p, n_, d_);
+    if (packed_once_) {
+      ProjectRows(c, count, z, zt_.data() + g * wide_ * d_, zeros_.data(), p, n_, d_);
+    } else if (own_ && (forced_ || count >= kOwnMinBlockRows)) {
+      thread_local std::vector<float> zt;
+      zt.resize(wide_ * d_);
+      PackNoise(z, wide_, d_, zt.data());
+      ProjectRows(c, count, z, zt.data(), zeros_.data(), p, n_, d_);
     } else {
       sgemm(kRowMajor, kNoTrans, kTrans, count, n_, d_, 1.0f, c, d_, z, d_, 0.0f, p, n_);
     }
@@ -287,8 +338,8 @@ class Projector {
 
  private:
   const float* z_;
-  int64_t n_, d_;
-  bool own_;
+  int64_t n_, d_, wide_;
+  bool forced_, own_, packed_once_;
   std::vector<float> zt_, zeros_;
 };
 

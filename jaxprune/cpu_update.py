@@ -174,7 +174,7 @@ def _load() -> str:
                                     platform="cpu")
     chosen = os.environ.get("OPENBLAS_CORETYPE")
     kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
-    own = (f"; W Z^T by its own AVX-512 kernel where a group has >= {OWN_MIN_ROWS} rows"
+    own = ("; W Z^T by its own AVX-512 kernel where it pays"
            if lib.jaxprune_own_projection() else "")
     return f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}, built at {path}"
 
@@ -193,12 +193,15 @@ def available(dtype=np.float32) -> bool:
 
 
 #: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own AVX-512 kernel wherever
-#: the CPU has AVX-512 ("own"), or that kernel where a group has ``OWN_MIN_ROWS`` rows or more
-#: and sgemm elsewhere ("auto", the default). Without AVX-512, sgemm always.
+#: the CPU has AVX-512 ("own"), or that kernel where it pays and sgemm elsewhere ("auto", the
+#: default): where the last n mod 16 columns, which it forms as dot products 4 at a time, cost
+#: at most a quarter of its 16-wide panels (``OwnPays`` in ``cpu_update.cc``: n = 16-20, 32-40,
+#: 48-60 and n >= 64) and a block has ``OWN_MIN_BLOCK_ROWS`` rows or more.
+#: It reads each group's Z packed, once per call for groups of ``OWN_MIN_ROWS`` rows or more,
+#: else once per block. Without AVX-512, sgemm.
 PROJECTIONS = {"blas": 0, "auto": 1, "own": 2}
-#: Rows of W per group from which "auto" packs the group's Z for the own kernel
-#: (``kOwnMinRows`` in ``cpu_update.cc``).
-OWN_MIN_ROWS = 1024
+#: ``kOwnMinRows`` and ``kOwnMinBlockRows`` of ``cpu_update.cc``.
+OWN_MIN_ROWS, OWN_MIN_BLOCK_ROWS = 1024, 32
 
 
 def own_projection() -> bool:

@@ -113,19 +113,23 @@ def test_own_projection_kernel_is_within_float32_summation_error(projection, F, 
     assert np.abs(exact).max() > 1.0  # the products are not all zero
 
 
-def test_auto_projection_uses_the_own_kernel_from_its_group_rows(native):
-    """``auto`` forms W Z^T with the own kernel where a group has ``OWN_MIN_ROWS`` rows or
-    more (its packing of Z pays there) and with sgemm below: the two round differently, so
-    the bits tell which ran."""
+def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
+    """``auto`` forms W Z^T with the own kernel where its dot tiles (the last n mod 16
+    columns) are a small part of it and a block has enough rows, with Z packed once per call
+    for a group of ``OWN_MIN_ROWS`` rows or more and per block below; elsewhere with sgemm.
+    The two round differently, so the bits tell which ran."""
     if not cpu_update.own_projection():
         pytest.skip("this CPU has no AVX-512: the own projection kernel does not run here")
-    least = cpu_update.OWN_MIN_ROWS
-    for rows, expected in ((least, "own"), (least - 4, "blas")):
-        w, _, _, _, z = update_inputs(1, rows, 20, 300)
-        got = {p: np.asarray(cpu_update.projections(w, z, projection=p))
+    least, block = cpu_update.OWN_MIN_ROWS, cpu_update.OWN_MIN_BLOCK_ROWS
+    for rows, n, expected in ((least, 20, "own"),  # Z packed once per call
+                              (least - 4, 20, "own"),  # packed per block of up to 1 MiB
+                              (block, 100, "own"), (block - 4, 100, "blas"),  # block rows
+                              (least, 30, "blas"), (least, 7, "blas")):  # 14 and 7 dot columns
+        w, _, _, _, z = update_inputs(1, rows, n, 300)
+        got = {p: np.asarray(cpu_update.projections(w, z, block_bytes=1 << 20, projection=p))
                for p in ("auto", "own", "blas")}
         assert not np.array_equal(got["own"], got["blas"])
-        np.testing.assert_array_equal(got["auto"], got[expected])
+        np.testing.assert_array_equal(got["auto"], got[expected], err_msg=f"{rows} x {n}")
 
 
 def symmetric_inputs(S, F, n, seed=0):
