@@ -8,8 +8,8 @@
 // cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
 // (W and P are updated in place), in blocks of rows of about `block_bytes`, small enough to
 // stay in cache while the support shift, the mask and the projections follow (cpu_update.py
-// picks twice one core's L2 cache). P is an sgemm too, or on AVX-512 CPUs, where a group has
-// many rows, our own kernel (ProjectRows). The blocks run on XLA's intra-op threads. sgemm
+// picks twice one core's L2 cache). P is an sgemm too, or on AVX-512 CPUs, where it pays, our
+// own kernel (ProjectRows). The blocks run on XLA's intra-op threads. sgemm
 // is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by
 // jaxprune_set_blas before the first call.
 
@@ -97,15 +97,14 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
 }
 
 // P = C Z^T for a block of rows C (count, d), by our own AVX-512 kernel. OpenBLAS's sgemm ran
-// this shape (Z's n = 100 rows against a block of several hundred rows of W, d = 1000) at
-// 69-87 % of its square products' speed; this kernel at 95-100 %, and the whole native call
-// 1.04-1.09x faster than with sgemm (benchmarks/RESULTS.md). Z's first `wide` =
-// 16 floor(n / 16) rows are packed transposed, once per call, in panels of up to kPanel
-// columns (PackNoise); each tile of kTileRows rows of C keeps its part of P in registers
-// (8 x 3 of the 32 vector registers: per column of the panel, 3 loads and 8 broadcasts feed
-// 24 FMAs) while it streams its rows of C and the panel once. The n - wide last columns are
-// dot products of 4 rows at a time with Z's last rows (DotTile), summed across the vector
-// lanes at the end.
+// this shape (Z's n = 100 rows against a block of 100 to several hundred rows of W, d = 1000)
+// at 69-87 % of its square products' speed, this kernel at 95-100 %; the step ran 1.04-1.13x
+// faster (benchmarks/RESULTS.md). Z's first `wide` = 16 floor(n / 16) rows are packed
+// transposed (PackNoise, once per call or per block) in panels of up to kPanel columns; each
+// tile of kTileRows rows of C keeps its part of P in registers (8 x 3 of the 32 vector
+// registers: per column of the panel, 3 loads and 8 broadcasts feed 24 FMAs) while it
+// streams its rows of C and the panel once. The n - wide last columns are dot products of 4
+// rows at a time with Z's last rows (DotTile), summed across the vector lanes at the end.
 constexpr int64_t kTileRows = 8, kPanelVectors = 3, kPanel = 16 * kPanelVectors;
 
 // Where our kernel runs instead of sgemm (the `projection` attribute).
