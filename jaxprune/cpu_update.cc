@@ -9,9 +9,9 @@
 // (W and P are updated in place), in blocks of rows of about `block_bytes`, small enough to
 // stay in cache while the support shift, the mask and the projections follow (cpu_update.py
 // picks twice one core's L2 cache). P is an sgemm too, or on AVX-512 CPUs, where it pays, our
-// own kernel (ProjectRows). The blocks run on XLA's intra-op threads. sgemm
-// is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by
-// jaxprune_set_blas before the first call.
+// own kernel (ProjectRows). The blocks run on XLA's intra-op threads. sgemm is an ILP64
+// cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by jaxprune_set_blas
+// before the first call.
 
 #include <algorithm>
 #include <atomic>
@@ -258,10 +258,7 @@ JAXPRUNE_AVX512 void PanelTileOf(int64_t vectors, const float* c, const float* p
   switch (vectors) {
     case 1: return PanelTile<R, 1>(c, panel, p, d, ldp);
     case 2: return PanelTile<R, 2>(c, panel, p, d, ldp);
-    case 3: return PanelTile<R, 3>(c, panel, p, d, ldp);
-    case 4: return PanelTile<R, 4>(c, panel, p, d, ldp);
-    case 5: return PanelTile<R, 5>(c, panel, p, d, ldp);
-    default: return PanelTile<R, 6>(c, panel, p, d, ldp);
+    default: return PanelTile<R, kPanelVectors>(c, panel, p, d, ldp);
   }
 }
 
@@ -433,10 +430,10 @@ ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   const float* z = noise.typed_data();
   float* p = out->typed_data();
   const RowBlocks blocks(rows, d * sizeof(float), block_bytes);
-  const Projector project(pool, projection, z, groups, rows, n, d);
+  const Projector projector(pool, projection, z, groups, rows, n, d);
   ParallelFor(pool, groups * blocks.per_group, [&](int64_t i) {
     const auto [g, first, count] = blocks[i];
-    if (count > 0) project(g, a + first * d, count, p + first * n);
+    if (count > 0) projector(g, a + first * d, count, p + first * n);
   });
   return ffi::Error::Success();
 }
