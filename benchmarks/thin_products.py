@@ -67,25 +67,31 @@ def call(sgemm, m: int, k: int, n: int, transposed: bool, beta: float):
     return lambda: sgemm(*args), (a, b, c)  # the arrays keep the pointers alive
 
 
-def gflops(libraries: dict, shape: tuple, repeats: int) -> tuple[dict, dict]:
-    """GFLOP/s of one call ``shape = (m, k, n, transposed, beta)`` and of the square product,
-    in each library: medians of timings interleaved over all of them, so that both see the
-    same machine (its speed drifts by 2x within minutes)."""
-    square = (1024, 1024, 1024, False, 0.0)
-    calls = {(name, which): call(sgemm, *s) for name, sgemm in libraries.items()
-             for which, s in (("call", shape), ("square", square))}
-    flops = {"call": 2 * shape[0] * shape[1] * shape[2], "square": 2 * 1024 ** 3}
-    times = {key: [] for key in calls}
-    for run, _ in calls.values():
+def interleaved_gflops(runs: dict, repeats: int) -> dict:
+    """GFLOP/s of each ``name: (run, flop)``: medians of timings interleaved over all of them,
+    so that all see the same machine (its speed drifts by 2x within minutes)."""
+    times = {key: [] for key in runs}
+    for run, _ in runs.values():
         run()
     for _ in range(repeats):
-        for (name, which), (run, _) in calls.items():
-            inner = max(1, round(WORK / flops[which]))
+        for key, (run, flop) in runs.items():
+            inner = max(1, round(WORK / flop))
             start = time.perf_counter()
             for _ in range(inner):
                 run()
-            times[name, which].append((time.perf_counter() - start) / inner)
-    speed = {key: flops[key[1]] / statistics.median(t) / 1e9 for key, t in times.items()}
+            times[key].append((time.perf_counter() - start) / inner)
+    return {key: runs[key][1] / statistics.median(t) / 1e9 for key, t in times.items()}
+
+
+def gflops(libraries: dict, shape: tuple, repeats: int) -> tuple[dict, dict]:
+    """GFLOP/s of one call ``shape = (m, k, n, transposed, beta)`` and of the square product,
+    in each library, interleaved."""
+    square = (1024, 1024, 1024, False, 0.0)
+    flops = {"call": 2 * shape[0] * shape[1] * shape[2], "square": 2 * 1024 ** 3}
+    calls = {(name, which): call(sgemm, *s) for name, sgemm in libraries.items()
+             for which, s in (("call", shape), ("square", square))}
+    speed = interleaved_gflops({key: (run, flops[key[1]]) for key, (run, _) in calls.items()},
+                               repeats)
     return ({name: speed[name, "call"] for name in libraries},
             {name: speed[name, "square"] for name in libraries})
 
@@ -107,22 +113,14 @@ def own_projection(rows: int, d: int, n: int, repeats: int) -> tuple[float, floa
                                              zt.ctypes.data, zeros.ctypes.data,
                                              p.ctypes.data, n, d))
     sgemm = sgemms(None)["openblas"]
-    runs = {"own": (own, None), "openblas": call(sgemm, rows, d, n, True, 0.0),
-            "square": call(sgemm, 1024, 1024, 1024, False, 0.0)}
-    flops = {"own": 2 * rows * d * n, "openblas": 2 * rows * d * n, "square": 2 * 1024 ** 3}
-    times = {k: [] for k in runs}
-    for run, _ in runs.values():
-        run()
-    for _ in range(repeats):
-        for k, (run, _) in runs.items():
-            inner = max(1, round(WORK / flops[k]))
-            start = time.perf_counter()
-            for _ in range(inner):
-                run()
-            times[k].append((time.perf_counter() - start) / inner)
+    blas = call(sgemm, rows, d, n, True, 0.0)  # (run, arrays): they keep the pointers alive
+    square = call(sgemm, 1024, 1024, 1024, False, 0.0)
+    speed = interleaved_gflops({"own": (own, 2 * rows * d * n),
+                                "openblas": (blas[0], 2 * rows * d * n),
+                                "square": (square[0], 2 * 1024 ** 3)}, repeats)
     exact = c.astype(np.float64) @ z.astype(np.float64).T
     assert np.abs(p - exact).max() <= 1e-5 * np.abs(exact).max(), "own kernel is wrong"
-    return tuple(flops[k] / statistics.median(times[k]) / 1e9 for k in runs)
+    return speed["own"], speed["openblas"], speed["square"]
 
 
 def block_rows(group_rows: int, d: int) -> int:
