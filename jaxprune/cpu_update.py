@@ -14,7 +14,9 @@ The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU'
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
 (``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
 W, then the mask and the projections, in blocks of rows that stay near the core (twice its
-L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. ``symmetric_products``
+L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. On AVX-512 CPUs the
+projections are its own kernel where that pays (``PROJECTIONS``; OpenBLAS's sgemm ran this
+thin product at 70-85 % of its square speed, the kernel at 95-98 %). ``symmetric_products``
 reads each K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters
 interleaved (``interleave``) so that it works on that many filters at once: the kernel
 formulation's step is bound by reading the K_f from memory.
