@@ -199,6 +199,7 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
     def gflops(product, a, b, size):
         product(a, b)
         product(a, b)
+        _settle()  # after numpy's products, its threads spin on (``_settle``)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -410,10 +411,31 @@ def _other_cores(start, end) -> float | None:
     return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]))
 
 
+def _settle(window: float = 0.02, timeout: float = 1.0) -> None:
+    """Waits (up to ``timeout`` seconds) until this process's threads use under a tenth of a
+    core over ``window`` seconds. numpy's OpenBLAS keeps its threads spinning for about 0.1 s
+    after each product (PyTorch's for about 8 ms): a segment timed right after the peak's
+    product lost a core for that long (at paper-d1000, R = 256, 8,147 run-steps/s against
+    8,855 with the spinning off, ``benchmarks/RESULTS.md``). A no-op where the step runs on
+    an accelerator, not on the host's cores."""
+    if accelerated():
+        return
+    end = time.perf_counter() + timeout
+    used = time.process_time()
+    while time.perf_counter() < end:
+        time.sleep(window)
+        now = time.process_time()
+        if now - used < 0.1 * window:
+            return
+        used = now
+
+
 def _interleaved(segments: dict, repeats: int) -> dict[str, list[float]]:
+    """Times each of ``segments`` once per repeat, in rotation, each from a settled process."""
     times = {k: [] for k in segments}
     for _ in range(repeats):
         for name, fn in segments.items():
+            _settle()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -818,7 +840,7 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
     result = {"machine": _machine(), "quick": quick, "load_start": _loadavg(),
               "settings": {"repeats": repeats, "target_s": target_s,
                            "torch_threads": torch_threads, "impls": list(impls),
-                           "precision": precision}}
+                           "precision": precision, "settled": not accelerated()}}
     log(f"load average {result['load_start']}; measuring the matrix-product peak")
     if not peak_sizes:
         peak_sizes = (2048, 4096, 8192) if accelerated() else (1024, 2048, 3072, 4096)
@@ -895,6 +917,8 @@ def format_markdown(result: dict) -> str:
     m = result["machine"]
     peak = result["peak"]["best_gflops"]
     on_cpu = m["backend"] == "cpu"
+    settled = (", each from a settled process (no thread of it spinning)"
+               if result["settings"].get("settled") else "")
     precision = result["settings"].get("precision", "float32")
     device = "" if on_cpu else f"{m.get('device_kind', m['devices'][0])} beside "
     products = "XLA's jnp.dot and numpy's BLAS" if on_cpu else "XLA's jnp.dot"
@@ -922,8 +946,8 @@ def format_markdown(result: dict) -> str:
         "at the start, timed in the same rotation as the row's implementations; \"% of it\" "
         "is the row's share of the machine as it ran while the row was timed, \"% of peak\" "
         "its share of the pass's best.",
-        f"Medians of {result['settings']['repeats']} interleaved repeats; torch threads "
-        f"{result['settings']['torch_threads']} (OMP_WAIT_POLICY="
+        f"Medians of {result['settings']['repeats']} interleaved repeats{settled}; torch "
+        f"threads {result['settings']['torch_threads']} (OMP_WAIT_POLICY="
         f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
         "(the forward and gradient products with the noise patches, padded sizes). Rows of "
         "the kernel formulation (column \"step\") do fewer FLOPs: their GFLOP/s is this "

@@ -3,6 +3,8 @@ times computes the same step as ``train.advance`` (speed itself is never asserte
 
 import copy
 import json
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -108,6 +110,7 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     text = bench.format_markdown(result)
     assert "| tiny (40, 8, 4) | shared | 2 | 1 x 2 |" in text
     assert "| tiny (40, 8, 4) | seeds | 4 | 4 x 1 |" in text
+    assert "repeats, each from a settled process" in text  # on the CPU (``_settle``)
     for r in result["cases"]:  # the square product timed beside each case, and its share
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
@@ -116,11 +119,13 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     assert "blas_per_size_gflops" in result["peak"]["start"]
     gpu = copy.deepcopy(result)
     gpu["machine"].update(backend="gpu", device_kind="NVIDIA H200")
+    gpu["settings"]["settled"] = False
     for when in ("start", "end"):
         del gpu["peak"][when]["blas_per_size_gflops"]
     text = bench.format_markdown(gpu)
     assert "Machine: NVIDIA H200 beside" in text
     assert "by XLA's jnp.dot, measured" in text and "peak beside: XLA's square" in text
+    assert "settled" not in text
 
 
 def test_fastest_size_prefers_the_library_the_cpu_step_calls():
@@ -129,6 +134,26 @@ def test_fastest_size_prefers_the_library_the_cpu_step_calls():
     assert bench.fastest_size(peak) == 2048
     del peak["blas_per_size_gflops"]
     assert bench.fastest_size(peak) == 1024
+
+
+def test_timing_waits_for_the_process_s_spinning_threads():
+    """A thread that keeps a core busy (as numpy's OpenBLAS does after a product) holds the
+    next timed segment back until it stops; an idle process starts at once."""
+    busy_until = time.perf_counter() + 0.3
+
+    def spin():
+        while time.perf_counter() < busy_until:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    bench._settle(timeout=5.0)
+    assert not spinner.is_alive()
+    assert time.perf_counter() >= busy_until
+    spinner.join()
+    start = time.perf_counter()
+    bench._settle(timeout=5.0)
+    assert time.perf_counter() - start < 2.5  # returned before its timeout: nothing spun
 
 
 def test_memory_profile_of_a_tiny_case():
