@@ -199,7 +199,7 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
     def gflops(product, a, b, size):
         product(a, b)
         product(a, b)
-        _settle()  # after numpy's products, its threads spin on (``_settle``)
+        _settle()  # the threads of numpy's last product may still be spinning
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
