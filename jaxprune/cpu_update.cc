@@ -50,6 +50,17 @@ void MaskRow(float* row, const uint8_t* keep, float shift, int64_t support, int6
   for (int64_t k = 0; k < d; ++k) bits[k] &= 0u - static_cast<uint32_t>(keep[k]);
 }
 
+// Reads x[0..count) once, in order, one load per 64-byte line, so that it is in cache for
+// what follows. OpenBLAS's update packs Z reading its n rows side by side, which the hardware
+// prefetcher does not follow when Z comes from memory: a group's Z read so first ran the step
+// with one run per seed 1.02-1.04x faster (benchmarks/RESULTS.md, 2026-12-06, 05:06 UTC).
+void Touch(const float* x, int64_t count) {
+  const auto* bits = reinterpret_cast<const uint32_t*>(x);
+  uint32_t any = 0;
+  for (int64_t k = 0; k < count; k += 16) any |= bits[k];
+  asm volatile("" : : "r"(any));  // keeps the loads
+}
+
 // The blocks of one call and how far the threads working on them got. Shared with the pool's
 // tasks: a task that starts after the caller has finished finds no block left.
 struct Blocks {
@@ -466,6 +477,7 @@ ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
     const auto [g, first, count] = blocks[i];
     if (count == 0) return;
     float* c = c_all + first * d;
+    if (first == g * rows) Touch(z + g * n * d, n * d);  // the group's first block
     sgemm(kRowMajor, kNoTrans, kNoTrans, count, d, n, -1.0f, a + first * n, n, z + g * n * d, d,
           1.0f, c, d);
     for (int64_t j = 0; j < count; ++j) {
