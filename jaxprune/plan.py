@@ -16,13 +16,17 @@ from typing import Iterable
 import jax
 import numpy as np
 
-from jaxprune.config import RunTable
+from jaxprune.config import ConfigError, RunTable
 from jaxprune.spec import SIZES, STATIC_FIELDS, Static, static_from_row
 
-__all__ = ["Chunk", "plan_chunks", "padded_sizes", "default_memory_budget", "run_bytes",
-           "group_bytes", "chunk_to_json", "chunk_from_json"]
+__all__ = ["Chunk", "PlanError", "plan_chunks", "padded_sizes", "default_memory_budget",
+           "run_bytes", "group_bytes", "chunk_to_json", "chunk_from_json"]
 
 PAD = -1  # a run id that fills an empty slot of a chunk
+
+
+class PlanError(ConfigError):
+    """A run does not fit the memory budget of a chunk."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +123,8 @@ def default_memory_budget() -> int:
 
 
 def plan_chunks(table: RunTable, memory_budget: int, max_runs: int | None = None,
-                max_buckets: int = 4) -> list[Chunk]:
+                max_buckets: int = 4, run_ids: Iterable[int] | None = None,
+                first_index: int = 0) -> list[Chunk]:
     """Splits the runs of ``table`` into chunks.
 
     Args:
@@ -127,20 +132,26 @@ def plan_chunks(table: RunTable, memory_budget: int, max_runs: int | None = None
       memory_budget: bytes one chunk may use.
       max_runs: at most this many runs per chunk (None: as many as fit).
       max_buckets: at most this many padded values per size axis.
+      run_ids: plan only these runs (default: all).
+      first_index: the first chunk's index.
+
+    Raises:
+      PlanError: one run and its seed's data need more than ``memory_budget``.
     """
-    pads = {k: padded_sizes(table.columns[k], max_buckets) for k in SIZES}
+    ids = list(range(len(table))) if run_ids is None else [int(i) for i in run_ids]
+    pads = {k: padded_sizes(table.columns[k][ids], max_buckets) for k in SIZES}
     buckets: dict[tuple, list[int]] = {}
-    for i in range(len(table)):
+    for i in ids:
         row = table.row(i)
         key = tuple(row[k] for k in STATIC_FIELDS) + tuple(pads[k][row[k]] for k in SIZES)
         buckets.setdefault(key, []).append(i)
 
     chunks: list[Chunk] = []
-    for run_ids in buckets.values():
-        first = table.row(run_ids[0])
+    for bucket in buckets.values():
+        first = table.row(bucket[0])
         sizes = {k: pads[k][first[k]] for k in SIZES}
-        chunks += _bucket_chunks(table, run_ids, first, sizes, memory_budget, max_runs,
-                                 start=len(chunks))
+        chunks += _bucket_chunks(table, bucket, first, sizes, memory_budget, max_runs,
+                                 start=first_index + len(chunks))
     return chunks
 
 
@@ -149,9 +160,18 @@ def _bucket_chunks(table, run_ids, first, sizes, memory_budget, max_runs, start)
     for i in run_ids:
         by_seed.setdefault(int(table.columns["seed"][i]), []).append(i)
 
-    # Rows: each seed's runs cut into pieces of at most G runs, G balanced to waste little.
+    # Rows: each seed's runs cut into pieces of at most G runs, G balanced to waste little
+    # and small enough that one row fits the budget.
+    one = static_from_row(first, sizes, groups=1, group_size=1)
+    if run_bytes(one) + group_bytes(one) > memory_budget:
+        shape = ", ".join(f"{k} = {sizes[k]}" for k in SIZES)
+        raise PlanError(
+            f"one run ({shape}) needs {_size(run_bytes(one) + group_bytes(one))} with its "
+            f"data, more than the memory budget of {_size(memory_budget)} a chunk; give "
+            "a larger --memory-budget if the machine has the memory, or smaller sizes")
     largest = max(len(v) for v in by_seed.values())
     limit = largest if max_runs is None else max(1, min(largest, max_runs))
+    limit = min(limit, (memory_budget - group_bytes(one)) // run_bytes(one))
     group_size = max(math.ceil(len(v) / math.ceil(len(v) / limit)) for v in by_seed.values())
     rows = []
     for ids in by_seed.values():
@@ -171,6 +191,13 @@ def _bucket_chunks(table, run_ids, first, sizes, memory_budget, max_runs, start)
     static = static_from_row(first, sizes, groups=groups, group_size=group_size)
     return [Chunk(start + c, static, np.stack(rows[c * groups:(c + 1) * groups]))
             for c in range(n_chunks)]
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} bytes"
 
 
 def chunk_to_json(chunk: Chunk) -> dict:

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import tiny_sweep
 from jaxprune import train
-from jaxprune.plan import (PAD, chunk_from_json, chunk_to_json, group_bytes, padded_sizes,
-                           plan_chunks, run_bytes)
+from jaxprune.plan import (PAD, PlanError, chunk_from_json, chunk_to_json, group_bytes,
+                           padded_sizes, plan_chunks, run_bytes)
 
 
 def test_padded_sizes_minimise_padded_work_with_few_buckets():
@@ -63,6 +63,30 @@ def test_memory_budget_bounds_the_chunk():
     small = plan_chunks(table, memory_budget=5 * per_run)
     assert len(chunks) == 1 and len(small) > 1
     assert all(c.static.runs * per_run <= 5 * per_run for c in small)
+
+
+def test_a_budget_below_one_seed_s_runs_cuts_its_runs_and_below_one_run_is_an_error():
+    table = tiny_sweep(prune={"fraction": [0.0, 0.2, 0.4, 0.6, 0.8]}, sweep={"seeds": 1}
+                       ).run_table()
+    (whole,) = plan_chunks(table, memory_budget=2**33)
+    per_run, per_seed = run_bytes(whole.static), group_bytes(whole.static)
+    chunks = plan_chunks(table, memory_budget=per_seed + 2 * per_run)
+    assert sorted(np.concatenate([c.run_ids for c in chunks])) == list(range(5))
+    for c in chunks:  # rows of at most 2 runs of the one seed, one row a chunk
+        assert c.static.group_size <= 2 and c.static.groups == 1
+
+    with pytest.raises(PlanError, match=r"one run \(d = 40, n = 8, n_test = 64, width = 4\) "
+                       r"needs [0-9.]+ KB with its data, more than the memory budget of "
+                       r"[0-9.]+ KB"):
+        plan_chunks(table, memory_budget=per_seed + per_run - 1)
+
+
+def test_planning_some_runs_numbers_their_chunks_from_first_index():
+    table = tiny_sweep(prune={"fraction": [0.0, 0.2, 0.4]}).run_table()  # 6 runs, 2 seeds
+    chunks = plan_chunks(table, memory_budget=2**33, max_runs=2, run_ids=[1, 2, 5],
+                         first_index=7)
+    assert sorted(np.concatenate([c.run_ids for c in chunks])) == [1, 2, 5]
+    assert [c.index for c in chunks] == list(range(7, 7 + len(chunks)))
 
 
 def test_matmul_precision_reaches_the_program_and_the_plan():
