@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jaxprune.config import ConfigError
-    from jaxprune.engine import OutputError
+    from jaxprune.engine import OutOfMemory, OutputError
     from jaxprune.lock import LockedError
 
     try:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"jaxprune: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (LockedError, OutputError) as e:
+    except (LockedError, OutputError, OutOfMemory) as e:
         print(f"jaxprune: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -112,7 +112,8 @@ def cmd_run(args) -> int:
 
 
 def print_summary(columns) -> None:
-    """Seed-mean test and train error (± standard error) against fraction, per cell."""
+    """Seed-mean test and train error (± standard error, where there are two seeds or more)
+    against fraction, per cell."""
     from jaxprune.results import cell_fields, summarize
 
     rows = summarize(columns)
@@ -121,13 +122,17 @@ def print_summary(columns) -> None:
     lines = [header]
     for r in rows:
         lines.append([*(f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
-                      f"{r['fraction']:.4g}", str(r["seeds"]),
-                      f"{r['test_error']:.3f} ± {r['test_error_se']:.3f}",
-                      f"{r['train_error']:.3f} ± {r['train_error_se']:.3f}",
-                      str(r["diverged"])])
+                      f"{r['fraction']:.4g}", str(r["seeds"]), _mean_se(r, "test_error"),
+                      _mean_se(r, "train_error"), str(r["diverged"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+
+
+def _mean_se(row: dict, key: str) -> str:
+    """``mean ± standard error``, or the mean alone from one seed (no spread to show)."""
+    mean = f"{row[key]:.3f}"
+    return f"{mean} ± {row[key + '_se']:.3f}" if row["seeds"] > 1 else mean
 
 
 def cmd_bench(args) -> int:
@@ -147,10 +152,12 @@ def cmd_status(args) -> int:
     if not (out / "sweep.toml").exists():
         raise ConfigError(f"{out}: not a sweep directory (no sweep.toml)")
     runs = len(load_sweep(out / "sweep.toml").run_table())
-    try:
-        chunks = json.loads((out / "plan.json").read_text())["chunks"]
-    except (OSError, ValueError, KeyError):
-        chunks = []  # killed before the plan was written
+    chunks = []  # none while the plan is not written yet
+    if (out / "plan.json").exists():
+        try:
+            chunks = json.loads((out / "plan.json").read_text())["chunks"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{out / 'plan.json'} is unreadable ({type(e).__name__}: {e})")
     sizes = [sum(r != -1 for row in c["runs"] for r in row) for c in chunks]
     done = [chunk_file(out, c["index"]).exists() for c in chunks]
     runs_done = sum(n for n, d in zip(sizes, done) if d)

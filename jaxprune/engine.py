@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,14 +30,14 @@ from tqdm.auto import tqdm
 
 from jaxprune import results as res
 from jaxprune import train
-from jaxprune.checkpoint import ChunkCheckpoints
+from jaxprune.checkpoint import ChunkCheckpoints, saved_steps
 from jaxprune.config import ConfigError, RunTable, Sweep, load_sweep
 from jaxprune.lock import DirectoryLock
 from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_memory_budget,
                            plan_chunks)
 from jaxprune.spec import run_params_from_table
 
-__all__ = ["run", "SweepMismatch", "OutputError", "HISTORY_METRICS", "chunk_file",
+__all__ = ["run", "SweepMismatch", "OutputError", "OutOfMemory", "HISTORY_METRICS", "chunk_file",
            "checkpoint_dir", "sweep_fingerprint"]
 
 #: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
@@ -49,6 +50,10 @@ class SweepMismatch(ConfigError):
 
 class OutputError(RuntimeError):
     """The output directory cannot be written."""
+
+
+class OutOfMemory(RuntimeError):
+    """A chunk did not fit the device's memory."""
 
 
 def sweep_fingerprint(sweep: Sweep) -> str:
@@ -75,7 +80,9 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
       restart: discard whatever the directory holds and start over.
       memory_budget: bytes one chunk may use (default: from the device).
       max_chunk_runs: at most this many runs per chunk.
-      progress: show a progress bar.
+        On a resume, either one given and other than the stored plan's re-plans the
+        unfinished runs (their checkpoints are dropped; finished chunks are kept).
+      progress: show a progress bar (else log a line per finished chunk).
       log: where notes go (default: standard error).
 
     Returns:
@@ -85,6 +92,8 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
       SweepMismatch: ``out`` holds a different sweep (and ``restart`` is False).
       LockedError: another process is writing to ``out``.
       OutputError: ``out`` cannot be written; finished chunks are kept.
+      OutOfMemory: a chunk ran out of device memory; finished chunks are kept.
+      PlanError: one run needs more than ``memory_budget``.
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
@@ -101,9 +110,18 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
             return _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress,
                                log)
     except OSError as e:
-        raise OutputError(
-            f"cannot write to {e.filename or out}: {e.strerror or e}. Finished chunks are kept "
-            f"in {out / 'chunks'}; fix the problem and run the same command to resume.") from e
+        if out.is_file():
+            raise OutputError(f"{out} is a file, not a directory; give another --out") from e
+        kept = (f" Finished chunks are kept in {out / 'chunks'};" if _has_chunks(out) else "")
+        raise OutputError(f"cannot write to {e.filename or out}: {e.strerror or e}.{kept} fix "
+                          "the problem and run the same command to resume.") from e
+
+
+def _has_chunks(out: Path) -> bool:
+    try:
+        return any((out / "chunks").glob("chunk-*.npz"))
+    except OSError:
+        return False
 
 
 def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, log):
@@ -112,14 +130,17 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
             (out / name).unlink(missing_ok=True)
         for name in ("chunks", "checkpoints"):
             shutil.rmtree(out / name, ignore_errors=True)
-    _check_same_sweep(sweep, out)
+    _check_same_sweep(sweep, out, log)
     table = sweep.run_table()
-    chunks = _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs)
+    plan, chunks = _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs)
     (out / "chunks").mkdir(exist_ok=True)
 
     done = {c.index for c in chunks if _chunk_done(out, c, log)}
     for index in done:  # left behind when a process died right after writing the chunk file
         shutil.rmtree(checkpoint_dir(out, index), ignore_errors=True)
+    if _options_changed(plan, memory_budget, max_chunk_runs) and len(done) < len(chunks):
+        plan, chunks = _replan(sweep, table, out, chunks, done, plan, memory_budget,
+                               max_chunk_runs, log)
     total = sum(len(c.run_ids) * c.static.steps for c in chunks)
     finished = sum(len(c.run_ids) * c.static.steps for c in chunks if c.index in done)
     if done:
@@ -127,16 +148,23 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
     bar = tqdm(total=total, initial=finished, unit="run-step", unit_scale=True,
                disable=not progress, dynamic_ncols=True, desc=sweep.name, file=sys.stderr)
     runs_done = sum(len(c.run_ids) for c in chunks if c.index in done)
+
+    def counts() -> str:
+        return f"runs done {runs_done}/{len(table)}, chunks done {len(done)}/{len(chunks)}"
+
     try:
         for chunk in chunks:
             if chunk.index in done:
                 continue
-            bar.set_postfix_str(f"runs done {runs_done}/{len(table)}, chunk {chunk.index + 1}"
-                                f"/{len(chunks)}")
-            _run_chunk(sweep, table, chunk, out, bar, log)
+            bar.set_postfix_str(counts())
+            start = time.perf_counter()
+            _run_chunk_within_memory(sweep, table, chunk, out, bar, log, plan)
             done.add(chunk.index)
             runs_done += len(chunk.run_ids)
-            bar.set_postfix_str(f"runs done {runs_done}/{len(table)}")
+            bar.set_postfix_str(counts())
+            if not progress:  # a line per chunk instead of the bar, for logs of long sweeps
+                log(f"chunk {chunk.index} done in {time.perf_counter() - start:.1f} s: "
+                    f"{counts()}")
             _write_manifest(out, chunks, done)
             _write_tables(table, out, sorted(done))
     finally:
@@ -145,7 +173,7 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
     return _write_tables(table, out, sorted(done), with_metrics=True)
 
 
-def _check_same_sweep(sweep: Sweep, out: Path) -> None:
+def _check_same_sweep(sweep: Sweep, out: Path, log) -> None:
     path = out / "sweep.toml"
     if not path.exists():
         if (out / "plan.json").exists() or (out / "chunks").exists():
@@ -156,8 +184,14 @@ def _check_same_sweep(sweep: Sweep, out: Path) -> None:
     try:
         previous = load_sweep(path)
     except ConfigError as e:
-        raise SweepMismatch(f"{out}: its sweep.toml is unreadable ({e}); use a new "
-                            "directory, or --restart to discard it") from None
+        if _planned_fingerprint(out) == sweep_fingerprint(sweep):  # plan.json vouches for it
+            log(f"note: {path} was unreadable ({e}); rewrote it from this sweep, which its "
+                "plan.json was made for")
+            res.atomic_write(path, sweep.to_toml().encode())
+            return
+        raise SweepMismatch(f"{out}: its sweep.toml is unreadable ({e}) and its plan.json is "
+                            "not of this sweep; use a new directory, or --restart to discard "
+                            "it") from None
     diff = sweep.differences(previous)
     if diff:
         details = "; ".join(f"{k}: {_values(previous, k)} there, {_values(sweep, k)} here"
@@ -176,16 +210,65 @@ def _values(sweep: Sweep, key: str):
     return v[0] if len(v) == 1 else list(v)
 
 
-def _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs) -> list[Chunk]:
+def _planned_fingerprint(out: Path) -> str | None:
+    try:
+        return json.loads((out / "plan.json").read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs
+                       ) -> tuple[dict, list[Chunk]]:
+    """The stored plan (``plan.json``: the chunks, and the fingerprint and options they were
+    made with) and its chunks, or a new one for ``sweep``."""
     path = out / "plan.json"
     if path.exists():
-        plan = json.loads(path.read_text())
-        return [chunk_from_json(c) for c in plan["chunks"]]
+        try:
+            plan = json.loads(path.read_text())
+            return plan, [chunk_from_json(c) for c in plan["chunks"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise SweepMismatch(
+                f"{path} is unreadable ({type(e).__name__}: {e}); without it the finished "
+                f"chunks cannot be matched to runs. Use a new --out directory, or --restart "
+                "to discard what it holds.") from None
     budget = memory_budget or default_memory_budget()
     chunks = plan_chunks(table, budget, max_chunk_runs)
-    res.write_json(path, {"fingerprint": sweep_fingerprint(sweep), "memory_budget": budget,
-                          "chunks": [chunk_to_json(c) for c in chunks]})
-    return chunks
+    return _write_plan(out, sweep, chunks, budget, max_chunk_runs), chunks
+
+
+def _write_plan(out, sweep, chunks, memory_budget, max_chunk_runs) -> dict:
+    plan = {"fingerprint": sweep_fingerprint(sweep), "memory_budget": memory_budget,
+            "chunk_runs": max_chunk_runs, "chunks": [chunk_to_json(c) for c in chunks]}
+    res.write_json(out / "plan.json", plan)
+    return plan
+
+
+def _options_changed(plan: dict, memory_budget, max_chunk_runs) -> bool:
+    return ((memory_budget is not None and memory_budget != plan["memory_budget"])
+            or (max_chunk_runs is not None and max_chunk_runs != plan.get("chunk_runs")))
+
+
+def _replan(sweep, table, out, chunks, done, plan, memory_budget, max_chunk_runs, log):
+    """The finished chunks, then new chunks of the other runs for the options given (the
+    chunks they replace and their checkpoints are dropped)."""
+    kept = [c for c in chunks if c.index in done]
+    dropped = [c for c in chunks if c.index not in done]
+    budget = memory_budget or plan["memory_budget"]
+    chunk_runs = max_chunk_runs or plan.get("chunk_runs")
+    pending = np.sort(np.concatenate([c.run_ids for c in dropped]))
+    new = plan_chunks(table, budget, chunk_runs, run_ids=pending,
+                      first_index=max(c.index for c in chunks) + 1)
+    for c in dropped:
+        steps = saved_steps(checkpoint_dir(out, c.index))
+        if steps:
+            log(f"note: dropped the checkpoint of chunk {c.index} at step {steps[-1]}")
+        shutil.rmtree(checkpoint_dir(out, c.index), ignore_errors=True)
+        chunk_file(out, c.index).unlink(missing_ok=True)
+    plan = _write_plan(out, sweep, kept + new, budget, chunk_runs)
+    log(f"note: re-planned the {len(pending)} unfinished runs for a memory budget of "
+        f"{budget / 2**20:,.0f} MB and at most {chunk_runs or 'any number of'} runs a chunk: "
+        f"{len(new)} chunks instead of {len(dropped)}")
+    return plan, kept + new
 
 
 def _chunk_done(out: Path, chunk: Chunk, log) -> bool:
@@ -224,6 +307,21 @@ def _chunk_inputs(table: RunTable, chunk: Chunk):
     params = run_params_from_table(columns, chunk.static.float_dtype)
     seeds = np.asarray(table.columns["seed"][ids[:, 0]], np.uint32)
     return jax.tree.map(jnp.asarray, params), jnp.asarray(seeds)
+
+
+def _run_chunk_within_memory(sweep, table, chunk, out, bar, log, plan) -> None:
+    """``_run_chunk``, with running out of device memory as ``OutOfMemory``."""
+    try:
+        _run_chunk(sweep, table, chunk, out, bar, log)
+    except RuntimeError as e:  # XLA's errors are RuntimeErrors (jax.errors.JaxRuntimeError)
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Out of memory" not in str(e):
+            raise
+        first_line = str(e).strip().splitlines()[0]
+        raise OutOfMemory(
+            f"chunk {chunk.index} ran out of memory ({first_line[:200]}). Finished chunks are "
+            f"kept; run the same command with a --memory-budget below this plan's "
+            f"{plan['memory_budget'] / 2**20:,.0f} MB (or a smaller --chunk-runs) to re-plan "
+            "the unfinished runs.") from None
 
 
 def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log) -> None:

@@ -121,6 +121,17 @@ def test_usage_errors_exit_2(capsys, argv, message):
     assert err.splitlines()[-1].startswith(message)
 
 
+def test_a_budget_too_small_for_one_run_exits_2_and_writes_no_chunk(tmp_path, capsys):
+    sweep_file = write(tmp_path / "tiny.toml", TINY_TOML)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(sweep_file), "--out", str(out), "--memory-budget", "1KB",
+                     "--no-progress"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("jaxprune: error: one run (d = 40, n = 8, n_test = 64, width = 4) "
+                          "needs ") and "more than the memory budget of 1.0 KB" in err
+    assert "Traceback" not in err and not (out / "plan.json").exists()
+
+
 @pytest.mark.parametrize("text, size", [
     ("4GB", 4 * 2**30), ("512MB", 512 * 2**20), ("1.5G", 3 * 2**29), ("64KiB", 2**16),
     ("2t", 2 * 2**40), (".5G", 2**29), ("1000", 1000),
@@ -236,6 +247,17 @@ def test_summary_has_a_column_per_swept_field(tmp_path, capsys):
     assert [(r[0], r[1], r[3], r[5]) for r in rows] == [
         ("0.1", "0", "0.062", "0.062"), ("0.1", "0.5", "0.562", "0.062"),
         ("0.25", "0", "0.312", "0.062"), ("0.25", "0.5", "0.812", "0.062")]
+
+
+def test_summary_of_one_seed_shows_no_spread(tmp_path, capsys):
+    sweep = load_sweep(write(tmp_path / "s.toml", TINY_TOML.replace("seeds = 2", "seeds = 1")))
+    cli.print_summary(fake_results(sweep, test_error=[0.25, 0.5], train_error=[0.0, 0.125],
+                                   diverged=[False, False]))
+    assert capsys.readouterr().out.splitlines() == [
+        "fraction  seeds  test_error  train_error  diverged",
+        "       0      1       0.250        0.000         0",
+        "     0.5      1       0.500        0.125         0",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from conftest import tiny_sweep
 from jaxprune import cli, engine
 from jaxprune import results as res
 from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, saved_steps
-from jaxprune.engine import OutputError, SweepMismatch, checkpoint_dir, chunk_file
+from jaxprune.engine import OutOfMemory, OutputError, SweepMismatch, checkpoint_dir, chunk_file
 from jaxprune.lock import DirectoryLock, LockedError
 from jaxprune.spec import Static
 
@@ -111,9 +111,77 @@ def test_finished_chunks_are_durable_before_the_sweep_ends(interrupted, referenc
     ]
     logs = run(interrupted)
     assert "chunk 1: resumed from the checkpoint at step 30" in logs
+    assert not any("re-planned" in line for line in logs)  # the options of the plan
+    assert any(line.startswith("chunk 1 done in ") and line.endswith(
+        ": runs done 4/4, chunks done 2/2") for line in logs)  # no bar: a line a chunk
     assert_same_files(interrupted, reference)
     assert status(interrupted, capsys) == [
         f"{interrupted}: 4 of 4 runs done (2 of 2 chunks)", "lock: free", "finished"]
+
+
+def test_other_options_on_resume_re_plan_the_unfinished_runs(interrupted, reference, capsys):
+    """Chunk 1 (runs 1 and 3) is re-planned as two chunks of one run; chunk 0 is kept."""
+    finished = chunk_file(interrupted, 0).read_bytes()
+    logs = run(interrupted, chunk_runs=1)
+    assert "note: dropped the checkpoint of chunk 1 at step 30" in logs
+    assert any(line.startswith("note: re-planned the 2 unfinished runs for a memory budget of "
+                               ) and line.endswith("at most 1 runs a chunk: 2 chunks instead "
+                                                   "of 1") for line in logs)
+    plan = json.loads((interrupted / "plan.json").read_text())
+    assert [c["index"] for c in plan["chunks"]] == [0, 2, 3] and plan["chunk_runs"] == 1
+    assert chunk_file(interrupted, 0).read_bytes() == finished
+    assert not chunk_file(interrupted, 1).exists() and not checkpoint_dir(interrupted, 1).exists()
+    got, want = (res.read_csv(out / "results.csv") for out in (interrupted, reference))
+    assert list(got["run"]) == [0, 1, 2, 3]
+    for k in ("test_error", "train_loss", "test_loss", "noise_memorization"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert status(interrupted, capsys)[0] == f"{interrupted}: 4 of 4 runs done (3 of 3 chunks)"
+    assert not any("re-planned" in line for line in run(interrupted, chunk_runs=2))  # finished
+
+
+def test_a_damaged_plan_is_a_clear_error_and_keeps_the_finished_chunks(interrupted, capsys):
+    (interrupted / "plan.json").write_text('{"chunks": [')
+    before = snapshot(interrupted)
+    with pytest.raises(SweepMismatch, match=f"{interrupted / 'plan.json'} is unreadable"):
+        run(interrupted)
+    assert snapshot(interrupted) == before
+    capsys.readouterr()
+    assert cli.main(["status", str(interrupted)]) == cli.EXIT_USAGE
+    assert f"{interrupted / 'plan.json'} is unreadable" in capsys.readouterr().err
+
+
+def test_a_damaged_sweep_toml_is_rewritten_when_the_plan_is_of_this_sweep(interrupted,
+                                                                           reference):
+    (interrupted / "sweep.toml").write_text("name = ")
+    logs = run(interrupted)
+    assert any("sweep.toml was unreadable" in line and "rewrote it" in line for line in logs)
+    assert "chunk 1: resumed from the checkpoint at step 30" in logs
+    assert_same_files(interrupted, reference)
+
+    (interrupted / "sweep.toml").write_text("name = ")
+    other = tiny_sweep(train=dict(TRAIN, learning_rate=0.2))
+    with pytest.raises(SweepMismatch, match="unreadable .* and its plan.json is not of this"):
+        run(interrupted, other)
+
+
+def test_running_out_of_memory_names_the_budget_and_keeps_finished_chunks(interrupted,
+                                                                         monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 "
+                           "bytes.\nmore detail")
+
+    monkeypatch.setattr(engine.train, "advance", exhausted)
+    finished = chunk_file(interrupted, 0).read_bytes()
+    budget = json.loads((interrupted / "plan.json").read_text())["memory_budget"]
+    with pytest.raises(OutOfMemory) as e:
+        run(interrupted)
+    assert str(e.value) == (
+        "chunk 1 ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying to "
+        "allocate 123 bytes.). Finished chunks are kept; run the same command with a "
+        f"--memory-budget below this plan's {budget / 2**20:,.0f} MB (or a smaller "
+        "--chunk-runs) to re-plan the unfinished runs.")
+    assert chunk_file(interrupted, 0).read_bytes() == finished
+    assert saved_steps(checkpoint_dir(interrupted, 1)) == [20, 30]
 
 
 def test_resume_in_the_kernel_formulation_is_exact(tmp_path):
@@ -423,6 +491,10 @@ def test_output_under_a_file_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == cli.EXIT_FAILURE
     assert err.startswith("jaxprune: error: cannot write to") and "Traceback" not in err
+    assert "Finished chunks" not in err  # there are none
+
+    with pytest.raises(OutputError, match=f"^{blocker} is a file, not a directory; give "):
+        run(blocker)
 
 
 def test_disk_full_keeps_finished_results(tmp_path, reference, monkeypatch):
