@@ -28,6 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from jaxprune import bench, model, train  # noqa: E402
 
+USAGE = f"""usage: benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS]
+  REV: a git revision; SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds;
+  RUNS, STEPS, REPEATS (default 12): positive integers
+example: .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6"""
+
 
 def _module_at(rev: str, path: str, name: str, folder: Path, edit=lambda source: source):
     """The module of ``path`` (in the package) as it is at ``rev``, with ``edit`` applied to
@@ -109,4 +114,14 @@ def main(rev, size, layout, runs, steps, repeats=12):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (5 <= len(args) <= 6 and args[1] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
+            and all(a.isdigit() and int(a) > 0 for a in args[3:])
+            and subprocess.run(["git", "rev-parse", "--verify", "-q", f"{args[0]}^{{commit}}"],
+                               cwd=ROOT, capture_output=True).returncode == 0):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

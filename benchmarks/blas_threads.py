@@ -1,6 +1,7 @@
 """numpy's BLAS on a square float32 product with one thread and with all of them.
 
     .venv/bin/python benchmarks/blas_threads.py [SIZE]
+    .venv/bin/python benchmarks/blas_threads.py 2048
 
 Best of 5 products of SIZE x SIZE (default 3072) at each thread count, set through the
 ``scipy_openblas_set_num_threads64_`` of the OpenBLAS that numpy >= 2's Linux wheel ships.
@@ -13,6 +14,10 @@ import sys
 import time
 
 import numpy as np
+
+USAGE = """usage: benchmarks/blas_threads.py [SIZE]
+  SIZE: the side of the square matrices, a positive integer (default 3072)
+example: .venv/bin/python benchmarks/blas_threads.py 2048"""
 
 
 def main(size=3072):
@@ -35,4 +40,11 @@ def _seconds(f):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (len(args) <= 1 and all(a.isdigit() and int(a) > 0 for a in args)):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

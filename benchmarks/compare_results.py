@@ -47,7 +47,11 @@ def compare(a: dict, b: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0],
+        epilog="example: .venv/bin/python benchmarks/compare_results.py runs/a/results.csv "
+               "runs/b/results.csv")
     parser.add_argument("a", help="a results.csv")
     parser.add_argument("b", help="another results.csv of the same sweep file")
     args = parser.parse_args()

@@ -24,6 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jaxprune import bench, train  # noqa: E402
 
 BLOCKS_MIB = (16, 4, 1)
+USAGE = f"""usage: benchmarks/eval_blocks.py SIZE RUNS LAYOUT [REPEATS]
+  SIZE: {", ".join(bench.SIZE_SETS)}; RUNS: a positive integer; LAYOUT: shared or seeds;
+  REPEATS: timed calls per block size (default 7)
+example: .venv/bin/python benchmarks/eval_blocks.py quickstart 256 shared"""
 
 
 def _inputs(size, runs, layout):
@@ -54,7 +58,7 @@ def peak_ratio(size, runs, layout, mib):
     print(json.dumps((bench._status_kib("VmHWM") * 1024 - before + held) / held))
 
 
-def main(size="quickstart", runs=256, layout="shared", repeats=7):
+def main(size, runs, layout, repeats=7):
     static, args = _inputs(size, runs, layout)
     calls = {mib: _evaluation(static, args, mib) for mib in BLOCKS_MIB}
     for evaluate in calls.values():
@@ -74,4 +78,12 @@ def main(size="quickstart", runs=256, layout="shared", repeats=7):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (3 <= len(args) <= 4 and args[0] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
+            and all(a.isdigit() and int(a) > 0 for a in args[1:2] + args[3:])):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

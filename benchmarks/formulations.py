@@ -24,6 +24,9 @@ from jaxprune.engine import _chunk_inputs  # noqa: E402
 from jaxprune.plan import default_memory_budget, plan_chunks  # noqa: E402
 
 METRICS = ("train_loss", "test_loss", "train_error", "test_error", "noise_memorization")
+USAGE = """usage: benchmarks/formulations.py [SWEEP]
+  SWEEP: a sweep file (default sweeps/quickstart.toml)
+example: .venv/bin/python benchmarks/formulations.py sweeps/quickstart.toml"""
 
 
 def run(table, chunk, formulation):
@@ -58,4 +61,11 @@ def main(path="sweeps/quickstart.toml"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (len(args) <= 1 and all(Path(a).is_file() for a in args)):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

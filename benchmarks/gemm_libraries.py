@@ -138,7 +138,11 @@ def row(size, runs, product, shape, times, peak) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0],
+        epilog="example: .venv/bin/python benchmarks/gemm_libraries.py --sizes paper-d1000 "
+               "--runs 256")
     parser.add_argument("--sizes", nargs="+", default=["paper-d1000", "paper-d2000"],
                         choices=sorted(bench.SIZE_SETS))
     parser.add_argument("--runs", nargs="+", type=int, default=[256])

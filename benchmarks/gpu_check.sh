@@ -18,8 +18,24 @@
 # Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
+steps=(machine f32-1024 f32-4096 memory d1000-f32 tests tf32-d1000 forms products loop f32-other
+  quick-f32 quick-tf32)
+usage="usage: bash benchmarks/gpu_check.sh OUTDIR [SECONDS [STEP...]]
+  OUTDIR: where gpu_check.tar.gz goes; SECONDS: time for all steps (default 540);
+  STEP: only these (default all): ${steps[*]}
+example: bash benchmarks/gpu_check.sh /tmp/gpu 280 machine f32-4096 tests"
+case ${1-} in
+  -h | --help) echo "$usage"; exit 0 ;;
+  "" | -*) echo "$usage" >&2; exit 2 ;;
+esac
+[[ ${2:-540} =~ ^[0-9]+$ ]] || { echo "$usage" >&2; exit 2; }
+for name in "${@:3}"; do
+  if [[ " ${steps[*]} " != *" $name "* ]]; then
+    echo "unknown step $name" >&2; echo "$usage" >&2; exit 2
+  fi
+done
 cd "$(dirname "$0")/.."
-out=${1:?usage: gpu_check.sh OUTDIR [SECONDS [STEP...]]}
+out=$1
 deadline=$((SECONDS + ${2:-540} - 10))
 work=$(mktemp -d)
 mkdir -p "$work/hlo"

@@ -22,6 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxprune import bench, cpu_update, train  # noqa: E402
 
+USAGE = f"""usage: benchmarks/gram_products.py [SIZE [RUNS [REPEATS]]]
+  SIZE: {", ".join(bench.SIZE_SETS)} (default quickstart); RUNS (default 256) and
+  REPEATS (default 25): positive integers
+example: .venv/bin/python benchmarks/gram_products.py quickstart 256 25"""
+
 
 def main(size="quickstart", runs=256, repeats=25):
     runs, repeats = int(runs), int(repeats)
@@ -52,4 +57,12 @@ def main(size="quickstart", runs=256, repeats=25):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (len(args) <= 3 and all(a in bench.SIZE_SETS for a in args[:1])
+            and all(a.isdigit() and int(a) > 0 for a in args[1:])):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

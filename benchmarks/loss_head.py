@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jaxprune import bench, train  # noqa: E402
 
 STEPS = 10
+USAGE = f"""usage: benchmarks/loss_head.py SIZE LAYOUT RUNS
+  SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds; RUNS: a positive integer
+example: .venv/bin/python benchmarks/loss_head.py paper-d1000 seeds 256"""
 
 
 def median_seconds(f, calls=20):
@@ -68,4 +71,12 @@ def main(size, layout, runs):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (len(args) == 3 and args[0] in bench.SIZE_SETS and args[1] in bench.LAYOUTS
+            and args[2].isdigit() and int(args[2]) > 0):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

@@ -8,6 +8,14 @@
 #
 # Extra arguments go to `jaxprune bench`. PYTHON overrides the interpreter.
 set -euo pipefail
+for arg in "$@"; do
+  case $arg in -h | --help)
+    echo "usage: bash benchmarks/run_bench.sh [--quick] [JAXPRUNE-BENCH-ARGS...]
+  no arguments: every size set and R (15-25 minutes); the others: see jaxprune bench --help
+example: bash benchmarks/run_bench.sh --sizes paper-d1000 --runs 256 1024 --no-compiles"
+    exit 0 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 MAX_LOAD=${MAX_LOAD:-0.5}

@@ -20,6 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxprune import bench  # noqa: E402
 
+USAGE = f"""usage: benchmarks/segment_check.py SIZE LAYOUT RUNS [REPEATS]
+  SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds; RUNS and REPEATS
+  (default 3): positive integers
+example: .venv/bin/python benchmarks/segment_check.py paper-d1000 shared 256 3"""
+
 
 def main(size, layout, runs, repeats=3):
     d, n, m = bench.SIZE_SETS[size]
@@ -43,4 +48,12 @@ def main(size, layout, runs, repeats=3):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (3 <= len(args) <= 4 and args[0] in bench.SIZE_SETS and args[1] in bench.LAYOUTS
+            and all(a.isdigit() and int(a) > 0 for a in args[2:])):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)

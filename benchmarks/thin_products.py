@@ -131,7 +131,10 @@ def block_rows(group_rows: int, d: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0],
+        epilog="example: .venv/bin/python benchmarks/thin_products.py --sizes paper-d1000")
     parser.add_argument("--sizes", nargs="+", default=["paper-d1000", "paper-d2000"],
                         choices=sorted(bench.SIZE_SETS))
     parser.add_argument("--repeats", type=int, default=9)

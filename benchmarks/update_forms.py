@@ -111,9 +111,14 @@ def measure(runs: int, layout: str, steps: int, forms, hlo: Path | None) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n")[0],
+        epilog="example: .venv/bin/python benchmarks/update_forms.py --runs 1024 "
+               "--layouts shared")
     parser.add_argument("--runs", type=int, nargs="+", default=[4096])
-    parser.add_argument("--layouts", nargs="+", default=["shared", "seeds"])
+    parser.add_argument("--layouts", nargs="+", default=["shared", "seeds"],
+                        choices=bench.LAYOUTS)
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--hlo", type=Path)
