@@ -34,7 +34,7 @@ from jaxprune.checkpoint import ChunkCheckpoints, saved_steps
 from jaxprune.config import ConfigError, RunTable, Sweep, load_sweep
 from jaxprune.lock import DirectoryLock
 from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_memory_budget,
-                           plan_chunks)
+                           plan_chunks, size_text)
 from jaxprune.spec import run_params_from_table
 
 __all__ = ["run", "SweepMismatch", "OutputError", "OutOfMemory", "HISTORY_METRICS", "chunk_file",
@@ -266,7 +266,7 @@ def _replan(sweep, table, out, chunks, done, plan, memory_budget, max_chunk_runs
         chunk_file(out, c.index).unlink(missing_ok=True)
     plan = _write_plan(out, sweep, kept + new, budget, chunk_runs)
     log(f"note: re-planned the {len(pending)} unfinished runs for a memory budget of "
-        f"{budget / 2**20:,.0f} MB and at most {chunk_runs or 'any number of'} runs a chunk: "
+        f"{size_text(budget)} and at most {chunk_runs or 'any number of'} runs a chunk: "
         f"{len(new)} chunks instead of {len(dropped)}")
     return plan, kept + new
 
@@ -320,8 +320,8 @@ def _run_chunk_within_memory(sweep, table, chunk, out, bar, log, plan) -> None:
         raise OutOfMemory(
             f"chunk {chunk.index} ran out of memory ({first_line[:200]}). Finished chunks are "
             f"kept; run the same command with a --memory-budget below this plan's "
-            f"{plan['memory_budget'] / 2**20:,.0f} MB (or a smaller --chunk-runs) to re-plan "
-            "the unfinished runs.") from None
+            f"{size_text(plan['memory_budget'])} (or a smaller --chunk-runs) to re-plan the "
+            "unfinished runs.") from None
 
 
 def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log) -> None:

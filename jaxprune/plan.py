@@ -20,7 +20,7 @@ from jaxprune.config import ConfigError, RunTable
 from jaxprune.spec import SIZES, STATIC_FIELDS, Static, static_from_row
 
 __all__ = ["Chunk", "PlanError", "plan_chunks", "padded_sizes", "default_memory_budget",
-           "run_bytes", "group_bytes", "chunk_to_json", "chunk_from_json"]
+           "run_bytes", "group_bytes", "size_text", "chunk_to_json", "chunk_from_json"]
 
 PAD = -1  # a run id that fills an empty slot of a chunk
 
@@ -166,8 +166,8 @@ def _bucket_chunks(table, run_ids, first, sizes, memory_budget, max_runs, start)
     if run_bytes(one) + group_bytes(one) > memory_budget:
         shape = ", ".join(f"{k} = {sizes[k]}" for k in SIZES)
         raise PlanError(
-            f"one run ({shape}) needs {_size(run_bytes(one) + group_bytes(one))} with its "
-            f"data, more than the memory budget of {_size(memory_budget)} a chunk; give "
+            f"one run ({shape}) needs {size_text(run_bytes(one) + group_bytes(one))} with its "
+            f"data, more than the memory budget of {size_text(memory_budget)} a chunk; give "
             "a larger --memory-budget if the machine has the memory, or smaller sizes")
     largest = max(len(v) for v in by_seed.values())
     limit = largest if max_runs is None else max(1, min(largest, max_runs))
@@ -193,7 +193,8 @@ def _bucket_chunks(table, run_ids, first, sizes, memory_budget, max_runs, start)
             for c in range(n_chunks)]
 
 
-def _size(size: int) -> str:
+def size_text(size: int) -> str:
+    """``size`` bytes for people: ``"9.8 GB"``, ``"1.0 KB"``."""
     for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if size >= scale:
             return f"{size / scale:,.1f} {unit}"

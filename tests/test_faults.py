@@ -22,6 +22,7 @@ from jaxprune import results as res
 from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, saved_steps
 from jaxprune.engine import OutOfMemory, OutputError, SweepMismatch, checkpoint_dir, chunk_file
 from jaxprune.lock import DirectoryLock, LockedError
+from jaxprune.plan import size_text
 from jaxprune.spec import Static
 
 TRAIN = {"steps": 40, "eval_every": 5, "checkpoint_every": 10}
@@ -178,8 +179,8 @@ def test_running_out_of_memory_names_the_budget_and_keeps_finished_chunks(interr
     assert str(e.value) == (
         "chunk 1 ran out of memory (RESOURCE_EXHAUSTED: Out of memory while trying to "
         "allocate 123 bytes.). Finished chunks are kept; run the same command with a "
-        f"--memory-budget below this plan's {budget / 2**20:,.0f} MB (or a smaller "
-        "--chunk-runs) to re-plan the unfinished runs.")
+        f"--memory-budget below this plan's {size_text(budget)} (or a smaller --chunk-runs) "
+        "to re-plan the unfinished runs.")
     assert chunk_file(interrupted, 0).read_bytes() == finished
     assert saved_steps(checkpoint_dir(interrupted, 1)) == [20, 30]
 
