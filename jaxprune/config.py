@@ -293,8 +293,9 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>",
                            + ", ".join(f"[{s}]" for s in SECTIONS))
 
     name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise err("name", "must be a non-empty string without '/'")
+    # The name is a directory under runs/: one plain path component, never "." or "..".
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
+        raise err("name", "must be a non-empty string without '/', not '.' or '..'")
     preset = raw.get("preset")
     if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise err("preset", f"unknown preset {preset!r}; allowed: " + ", ".join(PRESETS))

@@ -7,6 +7,7 @@ from jaxprune import config
 from jaxprune.config import FIELDS, ConfigError, load_sweep, sweep_from_dict
 
 SEEDS_ALLOWED = "a count (an integer >= 1) or a list of distinct integers in [0, 2^31)"
+NAME_RULE = "name: must be a non-empty string without '/', not '.' or '..'"
 
 
 def load_text(tmp_path, text, name="sweep.toml"):
@@ -123,8 +124,10 @@ BAD = {
     "matmul_precision not a string": ("[train]\nmatmul_precision = 32",
                                       "train.matmul_precision: 32 is not a string; allowed: "
                                       '"float32" or "tensorfloat32"'),
-    "name with a slash": ('name = "a/b"', "name: must be a non-empty string without '/'"),
-    "empty name": ('name = ""', "name: must be a non-empty string without '/'"),
+    "name with a slash": ('name = "a/b"', NAME_RULE),
+    "empty name": ('name = ""', NAME_RULE),
+    "name of the parent directory": ('name = ".."', NAME_RULE),
+    "name of this directory": ('name = "."', NAME_RULE),
     # ranges
     "log range from 0": ('[train]\nlearning_rate = {start = 0, stop = 1, num = 3, '
                          'scale = "log"}',
