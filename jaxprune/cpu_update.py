@@ -21,8 +21,8 @@ reads each K_f as its upper triangle only (``pack_upper``), those of ``LANES`` f
 interleaved (``interleave``) so that it works on that many filters at once: the kernel
 formulation's step is bound by reading the K_f from memory.
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
-(``$JAXPRUNE_CACHE_DIR``, default ``~/.cache/jaxprune``), and calls the OpenBLAS that numpy's
-wheel ships.
+(``$JAXPRUNE_CACHE_DIR``, default ``$XDG_CACHE_HOME/jaxprune``, else ``~/.cache/jaxprune``),
+and calls the OpenBLAS that numpy's wheel ships.
 
 Where any of that is missing (no compiler, no ILP64 OpenBLAS in numpy, float64, another
 platform) the step runs XLA's own products, which give the same numbers to float rounding;
@@ -155,9 +155,8 @@ def _build() -> pathlib.Path:
     return target
 
 
-@functools.cache
-def _load() -> str:
-    """Builds, loads and registers the custom calls once; returns what runs, or raises
+def _register() -> str:
+    """Builds, loads and registers the custom calls; returns what runs, or raises
     ``Unavailable``."""
     if os.environ.get("JAXPRUNE_NATIVE_UPDATE", "1") == "0":
         raise Unavailable("turned off by JAXPRUNE_NATIVE_UPDATE=0")
@@ -179,6 +178,25 @@ def _load() -> str:
     own = ("; W Z^T by its own AVX-512 kernel where it pays"
            if lib.jaxprune_own_projection() else "")
     return f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}, built at {path}"
+
+
+@functools.cache
+def _outcome() -> str | Unavailable:
+    """``_register()``'s status, or why it failed, once per process: ``functools.cache`` does
+    not cache an exception, so a failed build would run the compiler again (seconds, up to its
+    300 s timeout) on every ``status()`` and ``available()``."""
+    try:
+        return _register()
+    except Unavailable as why:
+        return why
+
+
+def _load() -> str:
+    """Registers the custom calls once; returns what runs, or raises ``Unavailable``."""
+    outcome = _outcome()
+    if isinstance(outcome, Unavailable):
+        raise outcome.with_traceback(None)  # the cached one, without the last raise's frames
+    return outcome
 
 
 def status() -> str:

@@ -40,7 +40,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, but belongs to another user
     return True
 
 

@@ -217,7 +217,7 @@ def test_native_update_is_not_used_for_float64():
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("JAXPRUNE_NATIVE_UPDATE", "0")
     with pytest.raises(cpu_update.Unavailable, match="JAXPRUNE_NATIVE_UPDATE=0"):
-        cpu_update._load.__wrapped__()
+        cpu_update._register()
 
 
 def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
@@ -228,6 +228,27 @@ def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-built library left in the cache
 
 
+def test_a_failed_build_is_tried_once_and_its_reason_reported(monkeypatch, tmp_path):
+    """A failing compiler runs once per process, not on every ``status()``/``available()``."""
+    monkeypatch.setenv("JAXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("JAXPRUNE_NATIVE_UPDATE", raising=False)
+    calls = tmp_path / "calls"
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text(f"#!/bin/sh\necho run >> {calls}\necho 'broken compiler' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setattr(cpu_update, "_openblas", lambda: (None, None, "any"))  # reach the build
+    # A fresh cache, put back after the test, so that neither this nor earlier builds leak.
+    monkeypatch.setattr(cpu_update, "_outcome", functools.cache(cpu_update._outcome.__wrapped__))
+    for _ in range(2):
+        assert not cpu_update.available()
+        assert cpu_update.status() == (f"XLA: {compiler} failed to build cpu_update.cc: "
+                                       "broken compiler")
+    with pytest.raises(cpu_update.Unavailable, match="broken compiler"):
+        cpu_update._load()
+    assert calls.read_text().splitlines() == ["run"]
+
+
 def test_an_unloadable_library_in_the_cache_is_named(monkeypatch, tmp_path):
     """A damaged cached library turns the native products off with a message naming it."""
     monkeypatch.setenv("JAXPRUNE_CACHE_DIR", str(tmp_path))
@@ -235,7 +256,7 @@ def test_an_unloadable_library_in_the_cache_is_named(monkeypatch, tmp_path):
     broken.write_bytes(b"not a library")
     monkeypatch.setattr(cpu_update, "_build", lambda: broken)
     with pytest.raises(cpu_update.Unavailable, match="cpu_update-broken.so.*delete it"):
-        cpu_update._load.__wrapped__()
+        cpu_update._register()
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS's x86-64 core names")
