@@ -7,9 +7,11 @@ Example:
 """
 
 from jaxprune.config import ConfigError, Sweep, load_sweep, sweep_from_dict
-from jaxprune.engine import OutputError, SweepMismatch, run
+from jaxprune.engine import OutOfMemory, OutputError, SweepMismatch, run
 from jaxprune.lock import LockedError
+from jaxprune.plan import PlanError
 from jaxprune.results import read_csv, read_npz, summarize
 
-__all__ = ["ConfigError", "LockedError", "OutputError", "Sweep", "SweepMismatch",
-           "load_sweep", "read_csv", "read_npz", "run", "summarize", "sweep_from_dict"]
+__all__ = ["ConfigError", "LockedError", "OutOfMemory", "OutputError", "PlanError", "Sweep",
+           "SweepMismatch", "load_sweep", "read_csv", "read_npz", "run", "summarize",
+           "sweep_from_dict"]

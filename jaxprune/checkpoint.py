@@ -224,9 +224,10 @@ def _quiet_orbax():
 
 
 def saved_steps(directory: Path) -> list[int]:
-    """Steps with a finished checkpoint in ``directory`` (read from the folder names)."""
+    """Steps with a finished checkpoint in ``directory``: a step's folder holding its digests,
+    written last (orbax's half-written folders are not named by a bare step number)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()
-                  and not p.name.endswith(".tmp"))
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and (p / FILE_DIGESTS).exists())

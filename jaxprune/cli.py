@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -93,22 +92,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
-    from jaxprune import engine, plots
+    from jaxprune import engine
     from jaxprune.config import load_sweep
-    from jaxprune.engine import OutputError
 
     sweep = load_sweep(args.sweep)
-    out = Path(args.out) if args.out else Path("runs") / sweep.name
+    out = engine.output_dir(sweep, args.out)
     columns = engine.run(sweep, out, restart=args.restart, memory_budget=args.memory_budget,
                          max_chunk_runs=args.chunk_runs, progress=not args.no_progress)
     print_summary(columns)
+    figure = _draw(columns, out, sweep.name)
+    print(f"\nresults: {out / 'results.csv'}\nfigure:  {figure}")
+    return 0
+
+
+def _draw(columns, out: Path, title: str) -> Path:
+    """The error curves of ``columns`` into ``out/figures/``."""
+    from jaxprune import plots
+    from jaxprune.engine import OutputError
+
     try:
-        figure = plots.error_curves(columns, out / "figures" / "error_curves.png", sweep.name)
+        return plots.error_curves(columns, out / "figures" / "error_curves.png", title)
     except OSError as e:
         raise OutputError(f"cannot write the figure ({e}); the results are in "
                           f"{out / 'results.csv'}") from e
-    print(f"\nresults: {out / 'results.csv'}\nfigure:  {figure}")
-    return 0
 
 
 def print_summary(columns) -> None:
@@ -121,8 +127,8 @@ def print_summary(columns) -> None:
     header = [*keys, "fraction", "seeds", "test_error", "train_error", "diverged"]
     lines = [header]
     for r in rows:
-        lines.append([*(f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
-                      f"{r['fraction']:.4g}", str(r["seeds"]), _mean_se(r, "test_error"),
+        lines.append([*(f"{r[k]:.12g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
+                      f"{r['fraction']:.12g}", str(r["seeds"]), _mean_se(r, "test_error"),
                       _mean_se(r, "train_error"), str(r["diverged"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
@@ -145,30 +151,24 @@ def cmd_status(args) -> int:
     """Prints runs done / total, the chunk in flight and its newest checkpoint, the lock."""
     from jaxprune.checkpoint import saved_steps
     from jaxprune.config import ConfigError, load_sweep
-    from jaxprune.engine import checkpoint_dir, chunk_file
+    from jaxprune.engine import checkpoint_dir, chunk_file, read_plan
     from jaxprune.lock import lock_is_stale, read_lock
 
     out = Path(args.dir)
     if not (out / "sweep.toml").exists():
         raise ConfigError(f"{out}: not a sweep directory (no sweep.toml)")
     runs = len(load_sweep(out / "sweep.toml").run_table())
-    chunks = []  # none while the plan is not written yet
-    if (out / "plan.json").exists():
-        try:
-            chunks = json.loads((out / "plan.json").read_text())["chunks"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{out / 'plan.json'} is unreadable ({type(e).__name__}: {e})")
-    sizes = [sum(r != -1 for row in c["runs"] for r in row) for c in chunks]
-    done = [chunk_file(out, c["index"]).exists() for c in chunks]
-    runs_done = sum(n for n, d in zip(sizes, done) if d)
+    _, chunks = read_plan(out) or (None, [])  # no plan yet: killed before it was written
+    done = [chunk_file(out, c.index).exists() for c in chunks]
+    runs_done = sum(len(c.run_ids) for c, d in zip(chunks, done) if d)
     print(f"{out}: {runs_done} of {runs} runs done ({sum(done)} of {len(chunks)} chunks)")
     pending = [c for c, d in zip(chunks, done) if not d]
     if pending:
         c = pending[0]
-        steps = saved_steps(checkpoint_dir(out, c["index"]))
-        newest = (f"newest checkpoint at step {steps[-1]} of {c['static']['steps']}" if steps
+        steps = saved_steps(checkpoint_dir(out, c.index))
+        newest = (f"newest checkpoint at step {steps[-1]} of {c.static.steps}" if steps
                   else "no checkpoint yet")
-        print(f"chunk in flight: {c['index']} ({newest})")
+        print(f"chunk in flight: {c.index} ({newest})")
     owner = read_lock(out)
     if owner is None:
         print("lock: free")
@@ -183,15 +183,13 @@ def cmd_status(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from jaxprune import plots
     from jaxprune.config import ConfigError
     from jaxprune.results import read_csv
 
     out = Path(args.dir)
     if not (out / "results.csv").exists():
         raise ConfigError(f"{out}: no results.csv (run the sweep first)")
-    figure = plots.error_curves(read_csv(out / "results.csv"),
-                                out / "figures" / "error_curves.png", out.name)
+    figure = _draw(read_csv(out / "results.csv"), out, out.name)
     print(f"figure: {figure}")
     return 0
 

@@ -15,6 +15,7 @@ Output directory::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -38,7 +39,7 @@ from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_m
 from jaxprune.spec import run_params_from_table
 
 __all__ = ["run", "SweepMismatch", "OutputError", "OutOfMemory", "HISTORY_METRICS", "chunk_file",
-           "checkpoint_dir", "sweep_fingerprint"]
+           "checkpoint_dir", "output_dir", "read_plan", "sweep_fingerprint"]
 
 #: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
 HISTORY_METRICS = train.Metrics._fields
@@ -57,7 +58,15 @@ class OutOfMemory(RuntimeError):
 
 
 def sweep_fingerprint(sweep: Sweep) -> str:
-    return hashlib.sha256(sweep.to_toml().encode()).hexdigest()[:16]
+    """A hash of the resolved sweep: its values, not the preset they came from (as
+    ``Sweep.differences``), so that writing a preset's values out keeps the checkpoints."""
+    resolved = dataclasses.replace(sweep, preset=None)
+    return hashlib.sha256(resolved.to_toml().encode()).hexdigest()[:16]
+
+
+def output_dir(sweep: Sweep, out: str | Path | None = None) -> Path:
+    """``out``, by default ``runs/<name>``."""
+    return Path(out) if out is not None else Path("runs") / sweep.name
 
 
 def chunk_file(out: Path, index: int) -> Path:
@@ -97,7 +106,7 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
-    out = Path(out) if out is not None else Path("runs") / sweep.name
+    out = output_dir(sweep, out)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if "float64" in sweep.values["dtype"]:
         jax.config.update("jax_enable_x64", True)
@@ -128,7 +137,7 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
     if restart:
         for name in ("sweep.toml", "plan.json", "manifest.json", "results.csv", "metrics.npz"):
             (out / name).unlink(missing_ok=True)
-        for name in ("chunks", "checkpoints"):
+        for name in ("chunks", "checkpoints", "figures"):
             shutil.rmtree(out / name, ignore_errors=True)
     _check_same_sweep(sweep, out, log)
     table = sweep.run_table()
@@ -210,27 +219,40 @@ def _values(sweep: Sweep, key: str):
     return v[0] if len(v) == 1 else list(v)
 
 
+def read_plan(out: Path) -> tuple[dict, list[Chunk]] | None:
+    """``out``'s ``plan.json`` (the chunks, and the sweep's fingerprint and the options they
+    were made with) and its chunks; None before it is written.
+
+    Raises:
+      SweepMismatch: it is unreadable.
+    """
+    path = Path(out) / "plan.json"
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+        return plan, [chunk_from_json(c) for c in plan["chunks"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SweepMismatch(
+            f"{path} is unreadable ({type(e).__name__}: {e}); without it the finished chunks "
+            "cannot be matched to runs. Use a new --out directory, or --restart to discard "
+            "what it holds.") from None
+
+
 def _planned_fingerprint(out: Path) -> str | None:
     try:
-        return json.loads((out / "plan.json").read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
+        stored = read_plan(out)
+    except SweepMismatch:
         return None
+    return stored and stored[0].get("fingerprint")
 
 
 def _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs
                        ) -> tuple[dict, list[Chunk]]:
-    """The stored plan (``plan.json``: the chunks, and the fingerprint and options they were
-    made with) and its chunks, or a new one for ``sweep``."""
-    path = out / "plan.json"
-    if path.exists():
-        try:
-            plan = json.loads(path.read_text())
-            return plan, [chunk_from_json(c) for c in plan["chunks"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise SweepMismatch(
-                f"{path} is unreadable ({type(e).__name__}: {e}); without it the finished "
-                f"chunks cannot be matched to runs. Use a new --out directory, or --restart "
-                "to discard what it holds.") from None
+    """The stored plan and its chunks (``read_plan``), or a new one for ``sweep``."""
+    stored = read_plan(out)
+    if stored:
+        return stored
     budget = memory_budget or default_memory_budget()
     chunks = plan_chunks(table, budget, max_chunk_runs)
     return _write_plan(out, sweep, chunks, budget, max_chunk_runs), chunks

@@ -4,6 +4,7 @@ The subprocess tests run the installed console script (a fresh process imports j
 each), so only a few run that way; the rest call ``cli.main`` in-process.
 """
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +182,18 @@ def test_plot_without_results_exits_2(tmp_path, capsys):
     assert not (tmp_path / "figures").exists()
 
 
+def test_plot_that_cannot_write_its_figure_exits_1(cli_run, tmp_path, capsys):
+    _, out, _ = cli_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(out / "results.csv", copy)
+    (copy / "figures").write_text("a file where the folder goes")
+    assert cli.main(["plot", str(copy)]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("jaxprune: error: cannot write the figure (") and err.endswith(
+        f"the results are in {copy / 'results.csv'}\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # `run` wiring and the printed summary, with the engine replaced by known numbers.
 
@@ -258,6 +271,15 @@ def test_summary_of_one_seed_shows_no_spread(tmp_path, capsys):
         "       0      1       0.250        0.000         0",
         "     0.5      1       0.500        0.125         0",
     ]
+
+
+def test_summary_keeps_fractions_apart_to_the_digits_of_the_sweep(tmp_path, capsys):
+    sweep = load_sweep(write(tmp_path / "s.toml", TINY_TOML.replace(
+        "fraction = [0.0, 0.5]", "fraction = [0.99975, 0.99985]")))
+    cli.print_summary(fake_results(sweep, test_error=[0.25] * 4, train_error=[0.0] * 4,
+                                   diverged=[False] * 4))
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        "fraction", "0.99975", "0.99985"]
 
 
 # ---------------------------------------------------------------------------------------------

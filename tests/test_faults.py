@@ -16,10 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_sweep
+from conftest import tiny_dict, tiny_sweep
 from jaxprune import cli, engine
 from jaxprune import results as res
 from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, saved_steps
+from jaxprune.config import load_sweep, sweep_from_dict
 from jaxprune.engine import OutOfMemory, OutputError, SweepMismatch, checkpoint_dir, chunk_file
 from jaxprune.lock import DirectoryLock, LockedError
 from jaxprune.plan import size_text
@@ -375,9 +376,33 @@ def test_another_sweep_is_refused_with_the_differences(interrupted, tmp_path, ca
 def test_restart_discards_the_other_sweep(interrupted, tmp_path):
     other = tiny_sweep(train=dict(TRAIN, learning_rate=0.2))
     run(tmp_path / "fresh", other)
+    (interrupted / "figures").mkdir()
+    (interrupted / "figures" / "error_curves.png").write_bytes(b"the old sweep's figure")
     run(interrupted, other, restart=True)
     assert_same_files(interrupted, tmp_path / "fresh")
     assert set(res.read_csv(interrupted / "results.csv")["learning_rate"]) == {0.2}
+    assert not (interrupted / "figures").exists()
+
+
+def test_writing_a_preset_s_values_out_keeps_the_checkpoints(tmp_path, reference):
+    """The same values with or without the preset line are the same sweep: same fingerprint
+    (which the checkpoints carry), no differences."""
+    with_preset = sweep_from_dict(dict(tiny_dict(train=TRAIN), preset="cao2022"))
+    text = "\n".join(line for line in with_preset.to_toml().splitlines()
+                     if not line.startswith("preset"))
+    (tmp_path / "s.toml").write_text(text)
+    written_out = load_sweep(tmp_path / "s.toml")
+    assert written_out.preset is None and written_out.differences(with_preset) == []
+    assert engine.sweep_fingerprint(written_out) == engine.sweep_fingerprint(with_preset)
+    assert engine.sweep_fingerprint(written_out) != engine.sweep_fingerprint(SWEEP)
+
+
+def test_a_step_without_its_digests_is_not_a_saved_checkpoint(tmp_path):
+    for name, digests in (("10", True), ("20", False), ("30.orbax-checkpoint-tmp-1", True)):
+        (tmp_path / name).mkdir()
+        if digests:
+            (tmp_path / name / FILE_DIGESTS).write_text("{}")
+    assert saved_steps(tmp_path) == [10]
 
 
 # ---------------------------------------------------------------------------------------------
