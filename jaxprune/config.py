@@ -1,9 +1,10 @@
 """Sweep files: schema, presets, TOML loading, validation and grid expansion.
 
 A sweep is a TOML file with sections ``[data]``, ``[model]``, ``[prune]``, ``[train]`` and
-``[sweep]``. Any field may be a single value, a list (a grid axis) or, for numbers, a range
-table ``{start, stop, num, scale}``. The runs are the Cartesian product of every list-valued
-field and the seeds.
+``[sweep]``. A field may be a single value, a list (a grid axis) or, for numbers, a range
+table ``{start, stop, num, scale}``, except those that hold for the whole sweep (``axis=False``:
+``eval_every``, ``checkpoint_every``, ``dtype``, ``matmul_precision``). The runs are the
+Cartesian product of every list-valued field and the seeds.
 """
 
 from __future__ import annotations
