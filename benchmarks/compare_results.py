@@ -9,20 +9,22 @@ fraction of both.
 """
 
 import argparse
-import csv
 
 import numpy as np
 
+from jaxprune.results import read_csv
+
+#: The result columns compared, in the order printed: a subset of
+#: ``jaxprune.results.METRIC_COLUMNS`` (without the realized fraction and the per-class splits).
 COLUMNS = ("train_loss", "test_loss", "train_error", "test_error", "signal_learning",
            "noise_memorization", "signal_filters", "diverged")
 
 
 def read(path: str) -> dict[str, np.ndarray]:
     """The columns of a results.csv as float arrays, in the order of ``run``."""
-    with open(path, newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda row: int(row["run"]))
-    number = lambda v: {"true": 1.0, "false": 0.0}.get(v, v)  # noqa: E731
-    return {k: np.array([float(number(row[k])) for row in rows])
+    columns = read_csv(path)
+    order = np.argsort(columns["run"], kind="stable")
+    return {k: columns[k][order].astype(np.float64)
             for k in ("run", "fraction", "n_test", *COLUMNS)}
 
 

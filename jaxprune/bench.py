@@ -46,6 +46,7 @@ import datetime
 import functools
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -161,9 +162,10 @@ def case_inputs(static, seed0: int = 0):
 
 
 def tree_bytes(tree) -> int:
-    """Bytes of every array leaf of a pytree."""
-    return int(sum(x.nbytes if hasattr(x, "nbytes") else np.asarray(x).nbytes
-                   for x in _jax().tree.leaves(tree)))
+    """Bytes of every array leaf of a pytree, from shapes and dtypes (so also of the shapes
+    ``jax.eval_shape`` returns)."""
+    leaves = (x if hasattr(x, "shape") else np.asarray(x) for x in _jax().tree.leaves(tree))
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
 
 
 def state_and_data_bytes(static) -> tuple[int, int]:
@@ -175,9 +177,7 @@ def state_and_data_bytes(static) -> tuple[int, int]:
     params, seeds = jax.eval_shape(lambda: case_inputs(static))
     groups = jax.eval_shape(lambda s: train.make_groups(s, static), seeds)
     state = jax.eval_shape(lambda p, g: train.init_state(p, g, static), params, groups)
-    nbytes = lambda t: int(sum(np.prod(x.shape) * x.dtype.itemsize  # noqa: E731
-                               for x in jax.tree.leaves(t)))
-    return nbytes(state), nbytes(groups) + nbytes(params)
+    return tree_bytes(state), tree_bytes(groups) + tree_bytes(params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,13 +680,13 @@ def memory_profile(case: Case, timeout: float = 900) -> dict:
 # Compilations of a sweep over d.
 
 
-def compile_count(d_values=None, n: int = 100, width: int = 50, seeds: int = 4,
-                  fractions=(0.0, 0.5, 0.8, 0.9, 0.95), verify: bool = True) -> dict:
+def compile_count() -> dict:
     """Programs ``advance`` compiles for a sweep over 100 values of ``d``.
 
-    Planned: distinct ``Static`` values of ``plan.plan_chunks`` for the sweep at the given
-    sizes (nothing is compiled). Verified (``verify``): a tiny sweep over 100 values of ``d``
-    run end to end by the engine, counting compilations of ``advance`` in JAX's compile log.
+    Planned: distinct ``Static`` values of ``plan.plan_chunks`` for a sweep over d in
+    [500, 2000] at n = 100, width = 50, 4 seeds, 5 fractions (nothing is compiled). Verified:
+    a tiny sweep over 100 values of ``d`` run end to end by the engine, counting compilations
+    of ``advance`` in JAX's compile log.
     """
     import logging
     import tempfile
@@ -696,18 +696,16 @@ def compile_count(d_values=None, n: int = 100, width: int = 50, seeds: int = 4,
     from jaxprune.config import sweep_from_dict
     from jaxprune.plan import default_memory_budget, plan_chunks
 
-    d_values = list(d_values or np.linspace(500, 2000, 100).round().astype(int).tolist())
+    d_values = np.linspace(500, 2000, 100).round().astype(int).tolist()
     sweep = sweep_from_dict({
-        "name": "bench-d-sweep", "data": {"d": d_values, "n": n, "n_test": 1000},
-        "model": {"width": width}, "prune": {"fraction": list(fractions)},
-        "sweep": {"seeds": seeds}})
+        "name": "bench-d-sweep", "data": {"d": d_values, "n": 100, "n_test": 1000},
+        "model": {"width": 50}, "prune": {"fraction": [0.0, 0.5, 0.8, 0.9, 0.95]},
+        "sweep": {"seeds": 4}})
     chunks = plan_chunks(sweep.run_table(), default_memory_budget())
     statics = {c.static for c in chunks}
     out = {"d_values": len(set(d_values)), "runs": len(sweep.run_table()),
            "chunks": len(chunks), "planned_programs": len(statics),
            "padded_d": sorted({s.d for s in statics})}
-    if not verify:
-        return out
 
     tiny_d = list(range(20, 120))
     tiny = sweep_from_dict({
@@ -835,8 +833,10 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
 
     ``precision``: the step's and the peak's ``matmul_precision``. ``peak_sizes`` default to
     1024-4096 on the CPU and 2048-8192 on an accelerator (smaller products leave it idle)."""
-    repeats = repeats or (3 if quick else 5)
-    target_s = target_s or (0.15 if quick else 0.5)
+    if repeats is None:
+        repeats = 3 if quick else 5
+    if target_s is None:
+        target_s = 0.15 if quick else 0.5
     result = {"machine": _machine(), "quick": quick, "load_start": _loadavg(),
               "settings": {"repeats": repeats, "target_s": target_s,
                            "torch_threads": torch_threads, "impls": list(impls),
@@ -872,7 +872,7 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
                 log(f"memory {case.size} {case.layout} R={case.runs}: steps "
                     f"{m['steps_ratio']:.2f}x, advance {m['advance_ratio']:.2f}x state+data")
     if compiles:
-        result["compiles"] = compile_count(verify=True)
+        result["compiles"] = compile_count()
         log(f"compiles: {result['compiles']}")
     result["load_end"] = _loadavg()
     result["settings"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
@@ -891,12 +891,9 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _cores_text(cores) -> str:
-    return "n/a" if cores is None else f"{cores:.2f}"
-
-
-def _load_text(load) -> str:
-    return "n/a" if load is None else f"{load:.2f}"
+def _number_or_na(x) -> str:
+    """``x`` to two decimals, or ``n/a`` where it was not measured (None)."""
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _peak_sizes(peak: dict):
@@ -927,8 +924,8 @@ def format_markdown(result: dict) -> str:
         f"({m['backend']}), torch {m['torch'] or 'not installed'}, Python {m['python']}; "
         f"{m['date']}. XLA_FLAGS={m.get('xla_flags', '')!r}. jaxprune commit "
         f"{m.get('commit') or 'unknown'}.",
-        f"Load average (1 min): {_load_text(result['load_start'])} at the start, "
-        f"{_load_text(result['load_end'])} at the end ({m['cores']} cores; "
+        f"Load average (1 min): {_number_or_na(result['load_start'])} at the start, "
+        f"{_number_or_na(result['load_end'])} at the end ({m['cores']} cores; "
         + (f"above about {m['cores'] / 4:g} other processes were competing for them and every "
            "number below is depressed and noisy)." if on_cpu else
            "the host's: the timed work runs on the device)."),
@@ -973,7 +970,7 @@ def format_markdown(result: dict) -> str:
             f"| {cell(loop)} | {cell(tor)} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
-            f"| {_cores_text(r.get('other_cores'))} |")
+            f"| {_number_or_na(r.get('other_cores'))} |")
     skipped = {v for r in result["cases"] for v in r["skipped"].values()}
     for why in sorted(skipped):
         lines.append(f"\ntorch: {why}")
@@ -1015,8 +1012,31 @@ def format_markdown(result: dict) -> str:
 # Command line.
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _output_file(text: str) -> str:
+    """A file that can be written: checked before measuring, not after a long pass."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} does not exist")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} is not writable")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``jaxprune bench``."""
+    from jaxprune.cli import _positive_int
     from jaxprune.config import FIELDS
 
     parser.add_argument("--quick", action="store_true",
@@ -1024,7 +1044,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZE_SETS), metavar="SIZES",
                         help="size sets to measure: " + ", ".join(
                             f"{k} (d, n, width = {v})" for k, v in SIZE_SETS.items()))
-    parser.add_argument("--runs", nargs="+", type=int, metavar="R",
+    parser.add_argument("--runs", nargs="+", type=_positive_int, metavar="R",
                         help="numbers of runs R (default 16 64 256 1024 4096; quick 16 256)")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS,
                         help="shared: R runs of one seed (S=1, G=R); seeds: R seeds, one run "
@@ -1032,16 +1052,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impls", nargs="+", default=["advance", "loop", "torch"],
                         choices=["advance", "loop", "torch"],
                         help="implementations to time (advance is always timed)")
-    parser.add_argument("--repeats", type=int, help="timed repeats per case (median)")
-    parser.add_argument("--target-seconds", type=float,
+    parser.add_argument("--repeats", type=_positive_int, help="timed repeats per case (median)")
+    parser.add_argument("--target-seconds", type=_positive_float,
                         help="length of one timed segment per implementation")
-    parser.add_argument("--torch-threads", type=int, default=2,
+    parser.add_argument("--torch-threads", type=_positive_int, default=2,
                         help="torch.set_num_threads (default 2)")
-    parser.add_argument("--memory-cap-gb", type=float, default=3.0,
+    parser.add_argument("--memory-cap-gb", type=_positive_float, default=3.0,
                         help="leave out cases whose state and data exceed this many GB "
                              "(default 3: every implementation holds its own copy)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory profile")
-    parser.add_argument("--memory-runs", nargs="+", type=int, metavar="R",
+    parser.add_argument("--memory-runs", nargs="+", type=_positive_int, metavar="R",
                         help="numbers of runs R of the memory profile (default 256 1024 4096; "
                              "quick 256)")
     parser.add_argument("--matmul-precision", choices=FIELDS["matmul_precision"].choices,
@@ -1055,8 +1075,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="appended to XLA_FLAGS before JAX starts, e.g. "
                              "'--xla_cpu_experimental_ynn_fusion_type=' (XLA:CPU without "
                              "YNNPACK fusions); must be the first JAX work of the process")
-    parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
-    parser.add_argument("--markdown", metavar="FILE", help="also write the tables here")
+    parser.add_argument("--json", metavar="FILE", type=_output_file, help="also write every measurement here")
+    parser.add_argument("--markdown", metavar="FILE", type=_output_file, help="also write the tables here")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -176,7 +176,7 @@ def test_memory_profile_of_a_tiny_case():
 
 
 def test_compile_count_of_a_d_sweep():
-    out = bench.compile_count(verify=True)
+    out = bench.compile_count()
     assert out["d_values"] == 100
     assert out["planned_programs"] <= 4
     assert out["tiny_d_values"] == 100
@@ -188,3 +188,47 @@ def test_cli_has_bench_with_quick_mode():
     args = cli.build_parser().parse_args(["bench", "--quick", "--no-memory", "--runs", "16"])
     assert args.quick and args.no_memory and args.runs == [16]
     assert args.command == "bench"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "-1"], "argument --repeats: '-1' is not an integer >= 1"),
+    (["--repeats", "0"], "argument --repeats: '0' is not an integer >= 1"),
+    (["--runs", "16", "0"], "argument --runs: '0' is not an integer >= 1"),
+    (["--memory-runs", "x"], "argument --memory-runs: 'x' is not an integer >= 1"),
+    (["--torch-threads", "0"], "argument --torch-threads: '0' is not an integer >= 1"),
+    (["--target-seconds", "0"], "argument --target-seconds: '0' is not a positive number"),
+    (["--target-seconds", "nan"], "argument --target-seconds: 'nan' is not a positive number"),
+    (["--memory-cap-gb", "-3"], "argument --memory-cap-gb: '-3' is not a positive number"),
+])
+def test_bad_bench_options_exit_2_naming_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["bench", *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_options_parse():
+    args = cli.build_parser().parse_args(
+        ["bench", "--repeats", "1", "--runs", "1", "4", "--target-seconds", "0.01",
+         "--memory-cap-gb", "0.5", "--torch-threads", "1", "--memory-runs", "8"])
+    assert (args.repeats, args.runs, args.target_seconds) == (1, [1, 4], 0.01)
+    assert (args.memory_cap_gb, args.torch_threads, args.memory_runs) == (0.5, 1, [8])
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown"])
+def test_an_output_file_that_cannot_be_written_fails_before_measuring(
+        tmp_path, monkeypatch, capsys, option):
+    def measure(*args, **kwargs):
+        raise AssertionError("measured before checking the output files")
+
+    monkeypatch.setattr(bench, "run", measure)
+    for path, message in [(tmp_path / "missing" / "out", "does not exist"),
+                          (tmp_path, "is a directory")]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["bench", "--quick", option, str(path)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"jaxprune bench: error: argument {option}: ") and message in last
+        assert "Traceback" not in err
+    assert not (tmp_path / "missing").exists()
