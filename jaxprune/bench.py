@@ -125,16 +125,12 @@ def step_flops(static) -> int:
 def case_static(case: Case, **overrides):
     """The ``Static`` of a case; every option not given takes the sweep files' default."""
     from jaxprune.config import FIELDS
-    from jaxprune.spec import STATIC_FIELDS, Static
+    from jaxprune.spec import STATIC_FIELDS, static_from_row
 
-    fixed = {k: FIELDS[k].default for k in STATIC_FIELDS}
-    fixed["dtype"] = case.dtype
-    fixed["matmul_precision"] = case.precision
-    fixed["activation_power"] = float(fixed["activation_power"])
-    fixed["momentum"] = float(fixed["momentum"])
-    fixed.update(overrides)
-    return Static(d=case.d, n=case.n, n_test=case.n_test, width=case.width, **fixed,
-                  groups=case.groups, group_size=case.group_size)
+    row = {k: FIELDS[k].default for k in STATIC_FIELDS}
+    row.update(dtype=case.dtype, matmul_precision=case.precision, **overrides)
+    sizes = {"d": case.d, "n": case.n, "n_test": case.n_test, "width": case.width}
+    return static_from_row(row, sizes, groups=case.groups, group_size=case.group_size)
 
 
 def case_inputs(static, seed0: int = 0):
