@@ -350,6 +350,12 @@ def load_torch_step():
     # (and vice versa) when both run in one process; passive waiting is faster for both here.
     # Only effective before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if _jax().default_backend() == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None, (f"torch {torch.__version__} sees no GPU: its step would run on the "
+                          "host CPU, not beside JAX's on the device")
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "torch_step.py"
     if not path.exists():
         return None, f"{path} not found (run from a source checkout)"
@@ -544,7 +550,7 @@ def _case_line(r: dict) -> str:
     c = r["case"]
     parts = [f"{c['size']} {c['layout']} R={c['runs']}"]
     for k, v in r["impls"].items():
-        parts.append(f"{k} {v['run_steps_per_s']:.4g} run-steps/s ({v['gflops']:.1f} GFLOP/s)")
+        parts.append(f"{k} {_fmt(v['run_steps_per_s'])} run-steps/s ({v['gflops']:.1f} GFLOP/s)")
     if r.get("peak_gflops"):
         parts.append(f"square product beside it {r['peak_gflops']:.1f} GFLOP/s")
     return ", ".join(parts)
@@ -905,6 +911,12 @@ def _beside(r: dict, adv: dict) -> str:
     return f"{local:.1f} | {100 * adv['gflops'] / local:.0f} %" if local else "n/a | n/a"
 
 
+def _test_sizes(cases: list[dict]) -> str:
+    """The test-set sizes of the cases, as a phrase."""
+    sizes = sorted({r["case"]["n_test"] for r in cases})
+    return " or ".join(map(str, sizes))
+
+
 def format_markdown(result: dict) -> str:
     """The measurements as markdown tables (paste into ``benchmarks/RESULTS.md``)."""
     m = result["machine"]
@@ -944,7 +956,10 @@ def format_markdown(result: dict) -> str:
         f"{result['settings'].get('omp_wait_policy')}). FLOP per run-step = 8 m n d "
         "(the forward and gradient products with the noise patches, padded sizes). Rows of "
         "the kernel formulation (column \"step\") do fewer FLOPs: their GFLOP/s is this "
-        "formula's work per second (equivalent throughput) and can exceed the peak.",
+        "formula's work per second (equivalent throughput) and can exceed the peak; "
+        "building their Gram matrices (column \"Gram s\", once per chunk) is left out of "
+        "their run-steps/s and ratios. eval s: one evaluation of the row's R runs on "
+        f"{_test_sizes(result['cases'])} test examples.",
         "",
         "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
         "| peak beside | % of it "

@@ -2,9 +2,12 @@
 times computes the same step as ``train.advance`` (speed itself is never asserted here)."""
 
 import copy
+import importlib.machinery
 import json
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -72,6 +75,21 @@ def test_plain_loop_matches_advance_float32():
     np.testing.assert_allclose(loop.weights(), runner.weights(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("cuda", [False, True])
+def test_torch_is_skipped_on_a_gpu_it_cannot_see(monkeypatch, cuda):
+    fake = types.ModuleType("torch")  # a stand-in: the test needs no torch installed
+    fake.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    fake.__version__ = "0.0+cpu"
+    fake.cuda = types.SimpleNamespace(is_available=lambda: cuda)
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    torch_step, why = bench.load_torch_step()
+    if cuda:
+        assert why is None and torch_step.__name__ == "TorchStep"
+    else:
+        assert torch_step is None and why.startswith("torch 0.0+cpu sees no GPU")
+
+
 @pytest.mark.parametrize("layout", ["shared", "seeds"])
 @pytest.mark.parametrize("options", [
     {},
@@ -111,6 +129,8 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     assert "| tiny (40, 8, 4) | shared | 2 | 1 x 2 |" in text
     assert "| tiny (40, 8, 4) | seeds | 4 | 4 x 1 |" in text
     assert "repeats, each from a settled process" in text  # on the CPU (``_settle``)
+    assert {r["case"]["n_test"] for r in result["cases"]} == {100}  # Case's default
+    assert "one evaluation of the row's R runs on 100 test examples" in text
     for r in result["cases"]:  # the square product timed beside each case, and its share
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
