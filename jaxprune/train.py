@@ -630,8 +630,10 @@ def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
         labels = observed_labels(samples, p.label_flip)
         weights = sample_weights(count, padded, dtype)
         margin = labels * outputs(net, ctx, samples, static, noise_proj)
-        # A non-finite margin counts as an error.
-        error = jnp.sum(weights * jnp.where(margin > 0, 0.0, 1.0))
+        # A non-finite margin counts as an error. Errors are counted, then divided once, so
+        # that the rate is exact (a sum of 1/n weights can exceed 1 in float32).
+        wrong = jnp.where((weights > 0) & ~(margin > 0), 1.0, 0.0).astype(dtype)
+        error = jnp.sum(wrong) / count.astype(dtype)
         return jnp.sum(weights * example_loss(margin)), error, labels, weights
 
     train_proj = noise_projections(net.w, g.train)
@@ -832,6 +834,8 @@ def train_steps(state: TrainState, params: RunParams, groups: GroupData, num_ste
 @_static_precision
 def advance(state: TrainState, params: RunParams, groups: GroupData, num_steps: jax.Array,
             static: Static, gram: Gram | None = None) -> tuple[TrainState, Metrics]:
-    """``train_steps``, then every run's metrics."""
+    """``train_steps``, then every run's metrics; a run whose loss is now non-finite is marked
+    diverged (its next step would have frozen it; this catches the last step's)."""
     state = _train_steps(state, params, groups, num_steps, static, gram)
-    return state, _evaluate(state, params, groups, static)
+    metrics = _evaluate(state, params, groups, static)
+    return state._replace(diverged=state.diverged | ~jnp.isfinite(metrics.train_loss)), metrics

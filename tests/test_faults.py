@@ -501,6 +501,23 @@ def test_diverging_runs_are_frozen_and_flagged_alone(tmp_path, eval_every, kerne
         assert np.array_equal(ma[k][rows], mb[k][rows]), k
 
 
+def test_a_run_that_overflows_at_its_last_step_is_flagged(tmp_path):
+    """With one step, the wild runs' loss is finite before it and non-finite after: the final
+    evaluation marks them diverged, and counts every example an error (exactly 1, though
+    1/30 and 1/6 are inexact in float32)."""
+    sweep = tiny_sweep(data={"n": 6, "n_test": 30},
+                       train=dict(TRAIN, steps=1, eval_every=1, learning_rate=[0.05, 1e30]))
+    logs = run(tmp_path, sweep, chunk_runs=None)
+    a = res.read_csv(tmp_path / "results.csv")
+    wild_runs = a["learning_rate"] == 1e30
+    assert wild_runs.sum() == 4 and np.array_equal(a["diverged"], wild_runs)
+    assert not np.isfinite(a["train_loss"][wild_runs]).any()
+    assert np.isfinite(a["train_loss"][~wild_runs]).all()
+    for k in ("train_error", "test_error"):
+        assert np.all(a[k][wild_runs] == 1.0), k
+    assert any("4 run(s) diverged" in line for line in logs)
+
+
 # ---------------------------------------------------------------------------------------------
 # An output directory that cannot be written.
 
