@@ -25,8 +25,13 @@ def valid_weights(d: jax.Array, width: jax.Array, static: Static) -> jax.Array:
 
 
 def kept_count(fraction: jax.Array, d: jax.Array) -> jax.Array:
-    """Entries an exact mask keeps per filter: ``round((1 - p) d)``, halves rounded up."""
-    return jnp.floor((1.0 - fraction) * d + 0.5).astype(jnp.int32)
+    """Entries an exact mask keeps per filter: ``round((1 - p) d)``, halves rounded up.
+
+    A decimal fraction that lands on a half (p = 0.9, d = 15) lands a few ulps to either side
+    of it in floating point; the slack rounds it up in float32 and float64 alike."""
+    kept = (1.0 - fraction) * d
+    slack = 8 * jnp.finfo(kept.dtype).eps * d
+    return jnp.floor(kept + 0.5 + slack).astype(jnp.int32)
 
 
 def prune_mask(scores: jax.Array, seed: jax.Array, fraction: jax.Array, d: jax.Array,
