@@ -119,7 +119,7 @@ def _draw(columns, out: Path, title: str) -> Path:
 
 def print_summary(columns) -> None:
     """Seed-mean test and train error (± standard error, where there are two seeds or more)
-    against fraction, per cell."""
+    against fraction, per cell, over the runs that did not diverge."""
     from jaxprune.results import cell_fields, summarize
 
     rows = summarize(columns)
@@ -136,7 +136,10 @@ def print_summary(columns) -> None:
 
 
 def _mean_se(row: dict, key: str) -> str:
-    """``mean ± standard error``, or the mean alone from one seed (no spread to show)."""
+    """``mean ± standard error``, the mean alone from one seed (no spread to show), or ``-``
+    where every run diverged."""
+    if row["seeds"] == 0:
+        return "-"
     mean = f"{row[key]:.3f}"
     return f"{mean} ± {row[key + '_se']:.3f}" if row["seeds"] > 1 else mean
 

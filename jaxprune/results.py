@@ -133,11 +133,13 @@ def cell_fields(columns: dict[str, np.ndarray]) -> list[str]:
 
 
 def summarize(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Seed means per (cell, fraction): test/train error with standard errors.
+    """Seed means per (cell, fraction): test/train error with standard errors, over the runs
+    that did not diverge (a diverged run's errors measure its overflow, not what it learned).
 
     Returns:
-      One dict per (cell, fraction) with the cell's field values, ``fraction``, ``seeds``,
-      ``test_error``, ``test_error_se``, ``train_error``, ``train_error_se``, ``diverged``.
+      One dict per (cell, fraction) with the cell's field values, ``fraction``, ``seeds`` (the
+      runs in the means), ``test_error``, ``test_error_se``, ``train_error``,
+      ``train_error_se`` (nan where fewer than two), ``diverged`` (the runs left out).
     """
     keys = cell_fields(columns) + ["fraction"]
     groups: dict[tuple, list[int]] = {}
@@ -146,12 +148,14 @@ def summarize(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     rows = []
     for key, idx in sorted(groups.items()):
         row = dict(zip(keys, key))
-        row["seeds"] = len(idx)
+        diverged = columns["diverged"][idx].astype(bool)
+        kept = np.asarray(idx)[~diverged]
+        row["seeds"] = len(kept)
         for metric in ("test_error", "train_error"):
-            vals = columns[metric][idx].astype(np.float64)
-            row[metric] = float(np.mean(vals))
+            vals = columns[metric][kept].astype(np.float64)
+            row[metric] = float(np.mean(vals)) if len(vals) else float("nan")
             row[metric + "_se"] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) \
                 if len(vals) > 1 else float("nan")
-        row["diverged"] = int(np.sum(columns["diverged"][idx]))
+        row["diverged"] = int(np.sum(diverged))
         rows.append(row)
     return rows

@@ -230,7 +230,7 @@ def test_run_passes_options_and_prints_summary(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == [
         "fraction  seeds     test_error    train_error  diverged",
         "       0      2  0.375 ± 0.125  0.125 ± 0.125         0",
-        "     0.5      2  0.125 ± 0.000  0.500 ± 0.000         1",
+        "     0.5      1          0.125          0.500         1",
         "",
         "results: runs/tiny/results.csv",
         "figure:  runs/tiny/figures/error_curves.png",
@@ -270,6 +270,20 @@ def test_summary_of_one_seed_shows_no_spread(tmp_path, capsys):
         "fraction  seeds  test_error  train_error  diverged",
         "       0      1       0.250        0.000         0",
         "     0.5      1       0.500        0.125         0",
+    ]
+
+
+def test_summary_leaves_diverged_runs_out_of_the_means(tmp_path, capsys):
+    # Runs: (fraction 0, seeds 0 and 1), (fraction 0.5, seeds 0 and 1); a diverged run counts
+    # every example wrong, which would pull a mean past chance.
+    sweep = load_sweep(write(tmp_path / "s.toml", TINY_TOML))
+    cli.print_summary(fake_results(sweep, test_error=[0.25, 1.0, 1.0, 1.0],
+                                   train_error=[0.0, 1.0, 1.0, 1.0],
+                                   diverged=[False, True, True, True]))
+    assert capsys.readouterr().out.splitlines() == [
+        "fraction  seeds  test_error  train_error  diverged",
+        "       0      1       0.250        0.000         1",
+        "     0.5      0           -            -         2",
     ]
 
 
