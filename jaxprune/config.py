@@ -359,8 +359,9 @@ def _parse_seeds(value, err) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise err(where, f"count {value} gives an empty grid; allowed: {SEEDS_ALLOWED}")
-        if value > INT_LIMIT:
-            raise err(where, f"count {value} is too large; allowed: {SEEDS_ALLOWED}")
+        if value > MAX_RUNS:  # checked before the seeds are listed
+            raise err(where, f"count {value} is too large: at most {MAX_RUNS} runs are allowed "
+                      "in one sweep")
         return tuple(range(value))
     if not isinstance(value, list):
         raise err(where, f"{value!r} is not allowed; allowed: {SEEDS_ALLOWED}")

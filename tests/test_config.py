@@ -196,8 +196,11 @@ BAD = {
     "seeds a float": ("[sweep]\nseeds = 2.5", f"sweep.seeds: 2.5 is not allowed; allowed: "
                                               f"{SEEDS_ALLOWED}"),
     "seed count too large": ("[sweep]\nseeds = 100000000000",
-                             f"sweep.seeds: count 100000000000 is too large; allowed: "
-                             f"{SEEDS_ALLOWED}"),
+                             "sweep.seeds: count 100000000000 is too large: at most 10000000 "
+                             "runs are allowed in one sweep"),
+    "seed count past the run limit": ("[sweep]\nseeds = 2000000000",
+                                      "sweep.seeds: count 2000000000 is too large: at most "
+                                      "10000000 runs are allowed in one sweep"),
 }
 
 
