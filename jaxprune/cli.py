@@ -154,17 +154,27 @@ def cmd_status(args) -> int:
     """Prints runs done / total, the chunk in flight and its newest checkpoint, the lock."""
     from jaxprune.checkpoint import saved_steps
     from jaxprune.config import ConfigError, load_sweep
-    from jaxprune.engine import checkpoint_dir, chunk_file, read_plan
+    from jaxprune.engine import SweepMismatch, checkpoint_dir, chunk_done, read_plan
     from jaxprune.lock import lock_is_stale, read_lock
 
     out = Path(args.dir)
     if not (out / "sweep.toml").exists():
         raise ConfigError(f"{out}: not a sweep directory (no sweep.toml)")
     runs = len(load_sweep(out / "sweep.toml").run_table())
-    _, chunks = read_plan(out) or (None, [])  # no plan yet: killed before it was written
-    done = [chunk_file(out, c.index).exists() for c in chunks]
-    runs_done = sum(len(c.run_ids) for c, d in zip(chunks, done) if d)
-    print(f"{out}: {runs_done} of {runs} runs done ({sum(done)} of {len(chunks)} chunks)")
+    try:
+        _, chunks = read_plan(out) or (None, [])  # no plan yet: killed before it was written
+    except SweepMismatch as e:
+        print(f"note: {e}; the next run plans the sweep again")
+        chunks = []
+    done = [chunk_done(out, c, lambda m: print(m.replace("running that chunk again",
+                                                           "the next run runs it again")))
+            for c in chunks]
+    if chunks:
+        runs_done = sum(len(c.run_ids) for c, d in zip(chunks, done) if d)
+        print(f"{out}: {runs_done} of {runs} runs done ({sum(done)} of {len(chunks)} chunks)")
+    else:
+        print(f"{out}: {len(_runs_in_chunk_files(out))} of {runs} runs in chunk files, "
+              "no chunk plan")
     pending = [c for c, d in zip(chunks, done) if not d]
     if pending:
         c = pending[0]
@@ -183,6 +193,19 @@ def cmd_status(args) -> int:
               f"since {owner.get('since')}")
     print("finished" if chunks and not pending else "unfinished")
     return 0
+
+
+def _runs_in_chunk_files(out: Path) -> set[int]:
+    """The runs the readable chunk files of ``out`` hold."""
+    from jaxprune.results import read_npz
+
+    runs = set()
+    for path in sorted((out / "chunks").glob("chunk-*.npz")):
+        try:
+            runs.update(int(r) for r in read_npz(path)["run"])
+        except Exception:  # a damaged file holds no finished runs
+            continue
+    return runs
 
 
 def cmd_plot(args) -> int:

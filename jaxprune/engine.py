@@ -39,7 +39,7 @@ from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_m
 from jaxprune.spec import run_params_from_table
 
 __all__ = ["run", "SweepMismatch", "OutputError", "OutOfMemory", "HISTORY_METRICS", "chunk_file",
-           "checkpoint_dir", "output_dir", "read_plan", "sweep_fingerprint"]
+           "checkpoint_dir", "chunk_done", "output_dir", "read_plan", "sweep_fingerprint"]
 
 #: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
 HISTORY_METRICS = train.Metrics._fields
@@ -141,10 +141,10 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
             shutil.rmtree(out / name, ignore_errors=True)
     _check_same_sweep(sweep, out, log)
     table = sweep.run_table()
-    plan, chunks = _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs)
+    plan, chunks = _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs, log)
     (out / "chunks").mkdir(exist_ok=True)
 
-    done = {c.index for c in chunks if _chunk_done(out, c, log)}
+    done = {c.index for c in chunks if chunk_done(out, c, log)}
     for index in done:  # left behind when a process died right after writing the chunk file
         shutil.rmtree(checkpoint_dir(out, index), ignore_errors=True)
     if _options_changed(plan, memory_budget, max_chunk_runs) and len(done) < len(chunks):
@@ -233,10 +233,7 @@ def read_plan(out: Path) -> tuple[dict, list[Chunk]] | None:
         plan = json.loads(path.read_text())
         return plan, [chunk_from_json(c) for c in plan["chunks"]]
     except (ValueError, KeyError, TypeError) as e:
-        raise SweepMismatch(
-            f"{path} is unreadable ({type(e).__name__}: {e}); without it the finished chunks "
-            "cannot be matched to runs. Use a new --out directory, or --restart to discard "
-            "what it holds.") from None
+        raise SweepMismatch(f"{path} is unreadable ({type(e).__name__}: {e})") from None
 
 
 def _planned_fingerprint(out: Path) -> str | None:
@@ -247,10 +244,16 @@ def _planned_fingerprint(out: Path) -> str | None:
     return stored and stored[0].get("fingerprint")
 
 
-def _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs
+def _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs, log
                        ) -> tuple[dict, list[Chunk]]:
-    """The stored plan and its chunks (``read_plan``), or a new one for ``sweep``."""
-    stored = read_plan(out)
+    """The stored plan and its chunks (``read_plan``), or a new one for ``sweep`` (where none
+    is stored or it is damaged: chunk files and checkpoints name their runs, so those of the
+    new plan's chunks are kept and the others run again)."""
+    try:
+        stored = read_plan(out)
+    except SweepMismatch as e:
+        log(f"note: {e}; planned the sweep again (finished chunks of the same runs are kept)")
+        stored = None
     if stored:
         return stored
     budget = memory_budget or default_memory_budget()
@@ -293,7 +296,8 @@ def _replan(sweep, table, out, chunks, done, plan, memory_budget, max_chunk_runs
     return plan, kept + new
 
 
-def _chunk_done(out: Path, chunk: Chunk, log) -> bool:
+def chunk_done(out: Path, chunk: Chunk, log) -> bool:
+    """Whether ``chunk``'s file is written and holds its runs (``log`` hears why not)."""
     path = chunk_file(out, chunk.index)
     if not path.exists():
         return False
@@ -352,7 +356,8 @@ def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log)
     groups = train.make_groups(seeds, static)
     checkpoints = ChunkCheckpoints(
         checkpoint_dir(out, chunk.index),
-        identity={"chunk": chunk.index, "sweep": sweep_fingerprint(sweep)}, warn=log)
+        identity={"chunk": chunk.index, "sweep": sweep_fingerprint(sweep),
+                  "runs": chunk.runs.tolist()}, warn=log)
     abstract = jax.eval_shape(lambda: train.init_state(params, groups, static))
     restored = checkpoints.restore_latest(abstract)
     if restored is None:

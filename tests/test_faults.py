@@ -141,15 +141,42 @@ def test_other_options_on_resume_re_plan_the_unfinished_runs(interrupted, refere
     assert not any("re-planned" in line for line in run(interrupted, chunk_runs=2))  # finished
 
 
-def test_a_damaged_plan_is_a_clear_error_and_keeps_the_finished_chunks(interrupted, capsys):
+def test_a_damaged_plan_is_made_again_and_keeps_the_finished_work(interrupted, reference,
+                                                                  capsys):
     (interrupted / "plan.json").write_text('{"chunks": [')
-    before = snapshot(interrupted)
-    with pytest.raises(SweepMismatch, match=f"{interrupted / 'plan.json'} is unreadable"):
-        run(interrupted)
-    assert snapshot(interrupted) == before
-    capsys.readouterr()
-    assert cli.main(["status", str(interrupted)]) == cli.EXIT_USAGE
-    assert f"{interrupted / 'plan.json'} is unreadable" in capsys.readouterr().err
+    assert status(interrupted, capsys) == [
+        f"note: {interrupted / 'plan.json'} is unreadable (JSONDecodeError: Expecting value: "
+        "line 1 column 13 (char 12)); the next run plans the sweep again",
+        f"{interrupted}: 2 of 4 runs in chunk files, no chunk plan",
+        "lock: free",
+        "unfinished",
+    ]
+    finished = chunk_file(interrupted, 0).read_bytes()
+    logs = run(interrupted)
+    assert any(line.startswith(f"note: {interrupted / 'plan.json'} is unreadable")
+               and line.endswith("planned the sweep again (finished chunks of the same runs "
+                                 "are kept)") for line in logs)
+    assert "resuming " + str(interrupted) + ": 1 of 2 chunks already done" in logs
+    assert "chunk 1: resumed from the checkpoint at step 30" in logs
+    assert chunk_file(interrupted, 0).read_bytes() == finished
+    assert_same_files(interrupted, reference)
+
+
+def test_a_checkpoint_of_other_runs_is_never_loaded(interrupted, reference):
+    """A plan made again differently (here: chunks 0 and 1 swap their runs) meets chunk files
+    and checkpoints of other runs: both are run again, not loaded into the wrong runs."""
+    plan = json.loads((interrupted / "plan.json").read_text())
+    first, second = plan["chunks"]
+    first["runs"], second["runs"] = second["runs"], first["runs"]
+    (interrupted / "plan.json").write_text(json.dumps(plan))
+    logs = run(interrupted)
+    assert f"warning: {chunk_file(interrupted, 0)} holds other runs than planned; running " \
+           "that chunk again" in logs
+    assert not any("resumed from the checkpoint" in line for line in logs)
+    assert any("chunk 1: no usable checkpoint left" in line for line in logs)
+    got, want = (res.read_csv(out / "results.csv") for out in (interrupted, reference))
+    for k in res.METRIC_COLUMNS:
+        assert np.array_equal(got[k], want[k]), k
 
 
 def test_a_damaged_sweep_toml_is_rewritten_when_the_plan_is_of_this_sweep(interrupted,
@@ -292,9 +319,14 @@ def test_damaged_checkpoint_falls_back(interrupted, reference, damage, steps, re
     assert not folder.exists()
 
 
-def test_damaged_chunk_file_is_run_again(interrupted, reference):
+def test_damaged_chunk_file_is_run_again(interrupted, reference, capsys):
     path = chunk_file(interrupted, 0)
     path.write_bytes(path.read_bytes()[:100])
+    lines = status(interrupted, capsys)
+    assert lines[0].startswith(f"warning: {path} is unreadable (") and lines[0].endswith(
+        "; the next run runs it again")
+    assert lines[1:3] == [f"{interrupted}: 0 of 4 runs done (0 of 2 chunks)",
+                          "chunk in flight: 0 (no checkpoint yet)"]
     logs = run(interrupted)
     assert any(f"{path} is unreadable" in line for line in logs)
     assert_same_files(interrupted, reference)
