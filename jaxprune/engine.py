@@ -121,9 +121,11 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
     except OSError as e:
         if out.is_file():
             raise OutputError(f"{out} is a file, not a directory; give another --out") from e
-        kept = (f" Finished chunks are kept in {out / 'chunks'};" if _has_chunks(out) else "")
-        raise OutputError(f"cannot write to {e.filename or out}: {e.strerror or e}.{kept} fix "
-                          "the problem and run the same command to resume.") from e
+        advice = "fix the problem and run the same command to resume."
+        advice = (f"Finished chunks are kept in {out / 'chunks'}; {advice}" if _has_chunks(out)
+                  else advice.capitalize())
+        raise OutputError(f"cannot write to {e.filename or out}: {e.strerror or e}. "
+                          f"{advice}") from e
 
 
 def _has_chunks(out: Path) -> bool:
@@ -202,6 +204,10 @@ def _check_same_sweep(sweep: Sweep, out: Path, log) -> None:
                             "not of this sweep; use a new directory, or --restart to discard "
                             "it") from None
     diff = sweep.differences(previous)
+    if diff and not (out / "plan.json").exists() and not _has_chunks(out):
+        # Left by a start that stopped before any work (a sweep that could not be planned).
+        res.atomic_write(path, sweep.to_toml().encode())
+        return
     if diff:
         details = "; ".join(f"{k}: {_values(previous, k)} there, {_values(sweep, k)} here"
                             for k in diff[:6])

@@ -23,7 +23,7 @@ from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, sa
 from jaxprune.config import load_sweep, sweep_from_dict
 from jaxprune.engine import OutOfMemory, OutputError, SweepMismatch, checkpoint_dir, chunk_file
 from jaxprune.lock import DirectoryLock, LockedError
-from jaxprune.plan import size_text
+from jaxprune.plan import PlanError, size_text
 from jaxprune.spec import Static
 
 TRAIN = {"steps": 40, "eval_every": 5, "checkpoint_every": 10}
@@ -554,6 +554,17 @@ def test_a_run_that_overflows_at_its_last_step_is_flagged(tmp_path):
 # An output directory that cannot be written.
 
 
+def test_a_sweep_that_could_not_be_planned_leaves_a_directory_for_the_next(tmp_path):
+    """A start that stops before any work leaves only sweep.toml: the corrected sweep runs."""
+    with pytest.raises(PlanError):
+        run(tmp_path, memory_budget=1024)
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".lock"] == ["sweep.toml"]
+    fixed = tiny_sweep(train=dict(TRAIN, steps=10))
+    run(tmp_path, fixed)
+    assert load_sweep(tmp_path / "sweep.toml") == fixed
+    assert len(res.read_csv(tmp_path / "results.csv")["run"]) == 4
+
+
 def test_output_under_a_file_is_a_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -567,6 +578,8 @@ def test_output_under_a_file_is_a_clear_error(tmp_path, capsys):
     assert rc == cli.EXIT_FAILURE
     assert err.startswith("jaxprune: error: cannot write to") and "Traceback" not in err
     assert "Finished chunks" not in err  # there are none
+    assert err.rstrip().endswith(": Not a directory. Fix the problem and run the same command "
+                                 "to resume.")
 
     with pytest.raises(OutputError, match=f"^{blocker} is a file, not a directory; give "):
         run(blocker)
