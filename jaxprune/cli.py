@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", metavar="SWEEP.toml")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/<name>)")
     p.add_argument("--restart", action="store_true",
-                   help="discard what DIR holds and start over")
+                   help="discard the sweep output DIR holds (not other files) and start over")
     p.add_argument("--memory-budget", type=_bytes, metavar="SIZE",
                    help="memory one chunk may use, e.g. 4GB (default: from the device)")
     p.add_argument("--chunk-runs", type=_positive_int, metavar="R",
@@ -108,10 +108,10 @@ def cmd_run(args) -> int:
 def _draw(columns, out: Path, title: str) -> Path:
     """The error curves of ``columns`` into ``out/figures/``."""
     from jaxprune import plots
-    from jaxprune.engine import OutputError
+    from jaxprune.engine import OutputError, figure_file
 
     try:
-        return plots.error_curves(columns, out / "figures" / "error_curves.png", title)
+        return plots.error_curves(columns, figure_file(out), title)
     except OSError as e:
         raise OutputError(f"cannot write the figure ({e}); the results are in "
                           f"{out / 'results.csv'}") from e

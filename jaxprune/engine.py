@@ -15,6 +15,7 @@ Output directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,7 +40,7 @@ from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_m
 from jaxprune.spec import run_params_from_table
 
 __all__ = ["run", "SweepMismatch", "OutputError", "OutOfMemory", "HISTORY_METRICS", "chunk_file",
-           "checkpoint_dir", "chunk_done", "output_dir", "read_plan", "sweep_fingerprint"]
+           "checkpoint_dir", "chunk_done", "figure_file", "output_dir", "read_plan", "sweep_fingerprint"]
 
 #: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
 HISTORY_METRICS = train.Metrics._fields
@@ -75,6 +76,11 @@ def chunk_file(out: Path, index: int) -> Path:
 
 def checkpoint_dir(out: Path, index: int) -> Path:
     return Path(out) / "checkpoints" / f"chunk-{index:05d}"
+
+
+def figure_file(out: Path) -> Path:
+    """Where ``jaxprune run`` and ``plot`` draw the error curves."""
+    return Path(out) / "figures" / "error_curves.png"
 
 
 def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bool = False,
@@ -139,8 +145,11 @@ def _run_locked(sweep, out, restart, memory_budget, max_chunk_runs, progress, lo
     if restart:
         for name in ("sweep.toml", "plan.json", "manifest.json", "results.csv", "metrics.npz"):
             (out / name).unlink(missing_ok=True)
-        for name in ("chunks", "checkpoints", "figures"):
+        for name in ("chunks", "checkpoints"):
             shutil.rmtree(out / name, ignore_errors=True)
+        figure_file(out).unlink(missing_ok=True)  # figures/ may hold the user's own files
+        with contextlib.suppress(OSError):
+            figure_file(out).parent.rmdir()
     _check_same_sweep(sweep, out, log)
     table = sweep.run_table()
     plan, chunks = _load_or_make_plan(sweep, table, out, memory_budget, max_chunk_runs, log)

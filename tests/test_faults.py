@@ -415,6 +415,13 @@ def test_restart_discards_the_other_sweep(interrupted, tmp_path):
     assert set(res.read_csv(interrupted / "results.csv")["learning_rate"]) == {0.2}
     assert not (interrupted / "figures").exists()
 
+    # Files jaxprune did not write are the user's: a restart leaves them.
+    (interrupted / "figures").mkdir()
+    (interrupted / "figures" / "paper_fig1.pdf").write_bytes(b"precious")
+    (interrupted / "figures" / "error_curves.png").write_bytes(b"the old sweep's figure")
+    run(interrupted, other, restart=True)
+    assert [p.name for p in (interrupted / "figures").iterdir()] == ["paper_fig1.pdf"]
+
 
 def test_writing_a_preset_s_values_out_keeps_the_checkpoints(tmp_path, reference):
     """The same values with or without the preset line are the same sweep: same fingerprint
