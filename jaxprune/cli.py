@@ -210,12 +210,23 @@ def _runs_in_chunk_files(out: Path) -> set[int]:
 
 def cmd_plot(args) -> int:
     from jaxprune.config import ConfigError
-    from jaxprune.results import read_csv
+    from jaxprune.results import SUMMARY_COLUMNS, read_csv
 
     out = Path(args.dir)
-    if not (out / "results.csv").exists():
+    path = out / "results.csv"
+    if not path.exists():
         raise ConfigError(f"{out}: no results.csv (run the sweep first)")
-    figure = _draw(read_csv(out / "results.csv"), out, out.name)
+    try:
+        columns = read_csv(path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    missing = [k for k in SUMMARY_COLUMNS if k not in columns]
+    if missing:
+        raise ConfigError(f"{path} is not a jaxprune results table (no column "
+                          f"{', '.join(missing)})")
+    if not len(columns["seed"]):
+        raise ConfigError(f"{path} holds no runs yet")
+    figure = _draw(columns, out, out.name)
     print(f"figure: {figure}")
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxprune.config import FIELDS, RunTable, as_python
 
-__all__ = ["METRIC_COLUMNS", "atomic_write", "write_npz", "read_npz", "write_json",
+__all__ = ["METRIC_COLUMNS", "SUMMARY_COLUMNS", "atomic_write", "write_npz", "read_npz", "write_json",
            "results_columns", "write_csv", "read_csv", "summarize", "cell_fields"]
 
 #: Measurement columns of ``results.csv`` after the configuration fields and ``seed``.
@@ -27,6 +27,9 @@ METRIC_COLUMNS = (
     "noise_memorization", "signal_filters", "diverged", "realized_fraction",
     "signal_learning_pos", "signal_learning_neg", "signal_filters_pos", "signal_filters_neg",
 )
+
+#: The columns ``summarize`` reads.
+SUMMARY_COLUMNS = ("fraction", "seed", "test_error", "train_error", "diverged")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -105,10 +108,21 @@ def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
-    """Reads a results CSV back into typed columns (without pandas)."""
+    """Reads a results CSV back into typed columns (without pandas).
+
+    Raises:
+      ValueError: the file is empty, or a row has another number of fields than the header.
+    """
     lines = Path(path).read_text().splitlines()
+    if not lines:
+        raise ValueError(f"{path} is empty")
     names = lines[0].split(",")
-    raw = list(zip(*(line.split(",") for line in lines[1:]))) or [()] * len(names)
+    rows = [line.split(",") for line in lines[1:]]
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(names):
+            raise ValueError(f"{path}: line {number} has {len(row)} fields, the header "
+                             f"{len(names)}")
+    raw = list(zip(*rows)) or [()] * len(names)
     cols = {}
     for name, values in zip(names, raw):
         values = list(values)

@@ -372,6 +372,26 @@ def test_plot_subprocess(cli_run, tmp_path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_of_a_bad_results_table_is_one_line(cli_run, tmp_path, capsys):
+    _, out, _ = cli_run
+    good = (out / "results.csv").read_text().splitlines()
+    cases = {
+        "": "results.csv is empty",
+        "a,b\n1,2\n": "results.csv is not a jaxprune results table (no column fraction, "
+                       "seed, test_error, train_error, diverged)",
+        "\n".join(good[:2] + [good[2][:40]]): "results.csv: line 3 has",
+        good[0] + "\n": "results.csv holds no runs yet",
+    }
+    for text, expected in cases.items():
+        (tmp_path / "results.csv").write_text(text)
+        capsys.readouterr()
+        assert cli.main(["plot", str(tmp_path)]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith("jaxprune: error: ") and expected in err, (text, err)
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "figures").exists()
+
+
 def test_python_api_matches_cli(cli_run, tmp_path):
     sweep_file, out, proc = cli_run
     assert proc.returncode == 0, proc.stderr
