@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +14,7 @@ __all__ = ["main"]
 
 EXIT_USAGE = 2  # the user must fix the input
 EXIT_FAILURE = 1  # the environment refused (directory in use, unwritable)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 def _bytes(text: str) -> int:
@@ -87,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxprune: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("jaxprune: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        print("jaxprune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def cmd_run(args) -> int:
@@ -97,12 +101,39 @@ def cmd_run(args) -> int:
 
     sweep = load_sweep(args.sweep)
     out = engine.output_dir(sweep, args.out)
-    columns = engine.run(sweep, out, restart=args.restart, memory_budget=args.memory_budget,
-                         max_chunk_runs=args.chunk_runs, progress=not args.no_progress)
+    with _exit_on_interrupt(out):
+        columns = engine.run(sweep, out, restart=args.restart, memory_budget=args.memory_budget,
+                             max_chunk_runs=args.chunk_runs, progress=not args.no_progress)
     print_summary(columns)
     figure = _draw(columns, out, sweep.name)
     print(f"\nresults: {out / 'results.csv'}\nfigure:  {figure}")
     return 0
+
+
+@contextlib.contextmanager
+def _exit_on_interrupt(out: Path):
+    """Ctrl-C ends the run at once, as a kill would (every write is atomic and a resume is
+    exact after any kill), with a line saying so. A KeyboardInterrupt instead could land in
+    one of JAX's callbacks and be lost, or in XLA's compiler and crash the exit. Where SIGINT
+    is ignored (a background job) it stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+
+    def stop(signum, frame):
+        from jaxprune.lock import LOCK_NAME, read_lock
+
+        if (read_lock(out) or {}).get("pid") == os.getpid():
+            (out / LOCK_NAME).unlink(missing_ok=True)  # still held: no one can take it first
+        print("\njaxprune: interrupted; run the same command again to resume", file=sys.stderr,
+              flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _draw(columns, out: Path, title: str) -> Path:

@@ -10,8 +10,12 @@ Modes:
                          soon as orbax's temporary step folder appears.
   write PREFIX K         at the K-th durable write of a file whose name starts with PREFIX,
                          writes half of its temporary file, then SIGKILLs this process.
+  interrupt-in-gc        sends itself SIGINT (Ctrl-C) from inside a garbage-collector
+                         callback, once it holds its directory: where a KeyboardInterrupt
+                         would be swallowed ("Exception ignored in ...") and the run go on.
 """
 
+import gc
 import os
 import signal
 import sys
@@ -34,6 +38,7 @@ def main(argv: list[str]) -> int:
     split = argv.index("--")
     mode, opts, cli_args = argv[0], argv[1:split], argv[split + 1:]
     from jaxprune import checkpoint, cli, results
+    from jaxprune.lock import read_lock
 
     calls = [0]
     if mode in ("pause", "checkpoint"):
@@ -62,6 +67,16 @@ def main(argv: list[str]) -> int:
             return write(path, data)
 
         results.atomic_write = faulty_write
+    elif mode == "interrupt-in-gc":
+        out = Path(cli_args[cli_args.index("--out") + 1])
+
+        def interrupt(phase, info):
+            if not calls[0] and (read_lock(out) or {}).get("pid") == os.getpid():
+                calls[0] += 1
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)  # the handler runs here, inside the callback
+
+        gc.callbacks.append(interrupt)
     elif mode != "plain":
         raise SystemExit(f"unknown mode {mode!r}")
     return cli.main(cli_args)

@@ -1,5 +1,5 @@
-"""A sweep killed with SIGKILL again and again resumes to the same bytes as an uninterrupted run.
-
+"""A sweep killed with SIGKILL or stopped by Ctrl-C, again and again, resumes to the same bytes
+as an uninterrupted run.
 Every run is a real ``jaxprune run`` subprocess (through ``resume_helper.py``, which can inject
 a kill at a chosen moment). The compiled programs are shared through JAX's persistent cache so
 that each process starts in a few seconds.
@@ -18,6 +18,7 @@ import pytest
 from conftest import tiny_dict
 from jaxprune import cli
 from jaxprune.config import sweep_from_dict
+from jaxprune.lock import read_lock
 
 HELPER = Path(__file__).with_name("resume_helper.py")
 # 4 runs, one per chunk; 9 checkpoints per chunk.
@@ -35,11 +36,13 @@ def env(tmp_path_factory):
 
 
 def start(env, out: Path, sweep_file: Path, *fault: str) -> subprocess.Popen:
-    """``jaxprune run`` with the helper's fault ``fault`` (see ``resume_helper.py``)."""
+    """``jaxprune run`` with the helper's fault ``fault`` (see ``resume_helper.py``); Ctrl-C
+    reaches it even where this process ignores SIGINT (a background job)."""
     args = [sys.executable, str(HELPER), *(fault or ("plain",)), "--", "run", str(sweep_file),
             "--out", str(out), "--no-progress", "--chunk-runs", "1"]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -55,8 +58,8 @@ def progress(out: Path) -> set[str]:
     return found
 
 
-def kill_at_random(env, out, sweep_file, rng) -> tuple[int, str]:
-    """Starts a run, waits for it to make progress, kills it a random moment later."""
+def kill_at_random(env, out, sweep_file, rng, sig=signal.SIGKILL) -> tuple[int, str]:
+    """Starts a run, waits for it to make progress, sends ``sig`` a random moment later."""
     before = progress(out)
     proc = start(env, out, sweep_file)
     deadline = time.monotonic() + 120
@@ -64,7 +67,18 @@ def kill_at_random(env, out, sweep_file, rng) -> tuple[int, str]:
         time.sleep(0.02)
     time.sleep(rng.uniform(0.0, 0.6))
     if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
+    return finish(proc)
+
+
+def interrupt_while_compiling(env, out, sweep_file) -> tuple[int, str]:
+    """Ctrl-C as soon as the run holds its directory: while it plans and compiles."""
+    proc = start(env, out, sweep_file)
+    deadline = time.monotonic() + 120
+    while (proc.poll() is None and (read_lock(out) or {}).get("pid") != proc.pid
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
     return finish(proc)
 
 
@@ -99,23 +113,38 @@ def test_killed_sweep_resumes_to_identical_files(tmp_path, env, capsys):
     assert "lock: stale" in status(out, capsys)
 
     # Killed during a checkpoint write, during a chunk file, results and metrics write, and
-    # at random moments; each run resumes what the one before left.
+    # at random moments, or stopped by Ctrl-C; each run resumes what the one before left.
     faults = [
         ("checkpoint", "3"),
+        ("interrupt", "compiling"),
+        ("interrupt-in-gc",),
         ("random",),
         ("write", "chunk-", "1"),
+        ("interrupt", "random"),
         ("random",),
         ("write", "results.csv", "1"),
         ("write", "metrics.npz", "1"),
     ]
     logs = []
     for fault in faults:
+        # Left by a SIGKILL that came before the run released it (not after: drawing the figure)
+        stale_lock = (out / ".lock").exists()
         if fault == ("random",):
             rc, err = kill_at_random(env, out, sweep_file, rng)
+        elif fault == ("interrupt", "compiling"):
+            rc, err = interrupt_while_compiling(env, out, sweep_file)
+        elif fault == ("interrupt", "random"):
+            rc, err = kill_at_random(env, out, sweep_file, rng, signal.SIGINT)
         else:
             rc, err = finish(start(env, out, sweep_file, *fault))
+        assert ("took over the stale lock of pid" in err) == stale_lock, (fault, err)
+        if fault[0].startswith("interrupt"):  # one line, the lock released
+            assert rc == cli.EXIT_INTERRUPTED, (fault, err)
+            assert err.endswith("\njaxprune: interrupted; run the same command again to "
+                                "resume\n") and "Traceback" not in err, (fault, err)
+            assert not (out / ".lock").exists()
+            continue
         assert rc == -signal.SIGKILL, (fault, err)
-        assert "took over the stale lock of pid" in err, (fault, err)
         if fault[0] == "checkpoint":  # killed with a half-written step on disk
             assert list((out / "checkpoints").glob("chunk-*/*.orbax-checkpoint-tmp*"))
         logs.append(err)
