@@ -1,5 +1,6 @@
 """A sweep killed with SIGKILL or stopped by Ctrl-C, again and again, resumes to the same bytes
 as an uninterrupted run.
+
 Every run is a real ``jaxprune run`` subprocess (through ``resume_helper.py``, which can inject
 a kill at a chosen moment). The compiled programs are shared through JAX's persistent cache so
 that each process starts in a few seconds.
