@@ -143,7 +143,8 @@ class ChunkCheckpoints:
                           f"({_reason(e)}); deleted it, falling back to an older one")
                 self.discarded.append(step)
                 shutil.rmtree(self.directory / str(step), ignore_errors=True)
-                self.manager.reload()
+                with _quiet_orbax():  # it reads the other steps' metadata again
+                    self.manager.reload()
         return None
 
     def _restore(self, step: int, abstract_state):
@@ -161,7 +162,9 @@ class ChunkCheckpoints:
             step, args=ocp.args.Composite(record=ocp.args.JsonRestore())).record
         for key, value in self.identity.items():
             if record.get(key) != value:
-                raise ValueError(f"it belongs to another {key} ({record.get(key)!r})")
+                theirs = repr(record.get(key))
+                raise ValueError(f"it belongs to another {key}"
+                                 + (f" ({theirs})" if len(theirs) <= 40 else ""))
         if record.get("step") != step:
             raise ValueError("its record names another step")
         expected = _flatten(abstract_state)

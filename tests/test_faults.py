@@ -282,6 +282,10 @@ def _garbage_file(step):
     step.write_bytes(os.urandom(100))
 
 
+def _no_metadata(step):
+    (step / "_CHECKPOINT_METADATA").unlink()
+
+
 CHANGED = "file(s) missing, changed or added: arrays/"
 
 
@@ -297,12 +301,16 @@ CHANGED = "file(s) missing, changed or added: arrays/"
     (_remove, [30], None),
     (_garble, [30, 20], CHANGED),
     (_remove, [30, 20], None),
+    (_no_metadata, [30], "file(s) missing, changed or added: _CHECKPOINT_METADATA"),
+    (_no_metadata, [30, 20], "file(s) missing, changed or added: _CHECKPOINT_METADATA"),
 ])
-def test_damaged_checkpoint_falls_back(interrupted, reference, damage, steps, reason):
+def test_damaged_checkpoint_falls_back(interrupted, reference, damage, steps, reason, caplog):
     folder = checkpoint_dir(interrupted, 1)
     for step in steps:
         damage(folder / str(step))
     logs = run(interrupted)
+    # orbax's own log lines would reach the user beside the warnings above
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
     warned = [line for line in logs if "is unusable" in line]
     if reason is None:  # a step that is not there is not reported
         assert not warned
