@@ -295,8 +295,9 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>",
 
     name = raw.get("name", default_name)
     # The name is a directory under runs/: one plain path component, never "." or "..".
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
-        raise err("name", "must be a non-empty string without '/', not '.' or '..'")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise err("name", "must be a non-empty string without '/' or a null byte, not '.' or "
+                  "'..'")
     preset = raw.get("preset")
     if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise err("preset", f"unknown preset {preset!r}; allowed: " + ", ".join(PRESETS))

@@ -4,6 +4,7 @@ The subprocess tests run the installed console script (a fresh process imports j
 each), so only a few run that way; the rest call ``cli.main`` in-process.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -357,6 +358,18 @@ def test_run_end_to_end(cli_run):
             f"{test_error.mean():.3f}", "±", f"{test_error.std(ddof=1) / np.sqrt(2):.3f}",
             f"{train_error.mean():.3f}", "±", f"{train_error.std(ddof=1) / np.sqrt(2):.3f}",
             "0"]
+
+
+def test_status_into_a_closed_pipe_ends_quietly(cli_run):
+    _, out, _ = cli_run
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone, as after `jaxprune status DIR | head -1`
+    try:
+        done = subprocess.run([*JAXPRUNE, "status", str(out)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == cli.EXIT_FAILURE and done.stderr == ""
 
 
 def test_plot_subprocess(cli_run, tmp_path):

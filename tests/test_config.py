@@ -7,7 +7,7 @@ from jaxprune import config
 from jaxprune.config import FIELDS, ConfigError, load_sweep, sweep_from_dict
 
 SEEDS_ALLOWED = "a count (an integer >= 1) or a list of distinct integers in [0, 2^31)"
-NAME_RULE = "name: must be a non-empty string without '/', not '.' or '..'"
+NAME_RULE = "name: must be a non-empty string without '/' or a null byte, not '.' or '..'"
 
 
 def load_text(tmp_path, text, name="sweep.toml"):
@@ -128,6 +128,7 @@ BAD = {
     "empty name": ('name = ""', NAME_RULE),
     "name of the parent directory": ('name = ".."', NAME_RULE),
     "name of this directory": ('name = "."', NAME_RULE),
+    "name with a null byte": ('name = "a\\u0000b"', NAME_RULE),
     # ranges
     "log range from 0": ('[train]\nlearning_rate = {start = 0, stop = 1, num = 3, '
                          'scale = "log"}',
