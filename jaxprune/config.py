@@ -467,6 +467,13 @@ def _expand_range(table: dict, field: Field, where: str, err) -> list:
     if field.kind == "int":
         values = list(dict.fromkeys(int(round(v)) for v in grid))
     else:
-        # 12 significant digits: 0.3 instead of linspace's 0.30000000000000004.
-        values = list(dict.fromkeys(float(f"{v:.12g}") for v in grid))
+        # 12 significant digits: 0.3 instead of linspace's 0.30000000000000004; the ends as
+        # written (0.999999999999999 would round to 1).
+        values = [float(f"{v:.12g}") for v in grid]
+        values[0] = float(start)
+        if num > 1:
+            values[-1] = float(stop)
+        if len(set(values)) < num:
+            raise err(where, f"range points repeat at 12 significant digits; use fewer than "
+                             f"num = {num} or a wider range")
     return values

@@ -320,6 +320,16 @@ def test_log1m_range(tmp_path):
     assert (sweep.values["fraction"][0], sweep.values["fraction"][2]) == (0.5, 0.99)
 
 
+def test_a_range_keeps_its_ends_as_written(tmp_path):
+    sweep = load_text(tmp_path, "[prune]\nfraction = {start = 0.5, stop = 0.999999999999999, "
+                                'num = 3, scale = "log1m"}\n')
+    assert sweep.values["fraction"][::2] == (0.5, 0.999999999999999)  # not rounded to 1
+    with pytest.raises(ConfigError, match=r"prune.fraction: range points repeat at 12 "
+                                          r"significant digits; use fewer than num = 3"):
+        load_text(tmp_path, "[prune]\nfraction = {start = 0.5, stop = 0.5000000000001, "
+                            "num = 3}\n")
+
+
 def test_single_point_range(tmp_path):
     sweep = load_text(tmp_path, "[data]\nsignal_norm = {start = 4, stop = 8, num = 1}\n")
     assert sweep.values["signal_norm"] == (4.0,)
