@@ -161,12 +161,19 @@ def print_summary(columns) -> None:
     header = [*keys, "fraction", "seeds", "test_error", "train_error", "diverged"]
     lines = [header]
     for r in rows:
-        lines.append([*(f"{r[k]:.12g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
+        lines.append([*(_cell(r[k]) for k in keys),
                       f"{r['fraction']:.12g}", str(r["seeds"]), _mean_se(r, "test_error"),
                       _mean_se(r, "train_error"), str(r["diverged"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+
+
+def _cell(value) -> str:
+    """A swept field's value as results.csv writes it (``0.3``, ``true``, ``adam``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.12g}" if isinstance(value, float) else str(value)
 
 
 def _mean_se(row: dict, key: str) -> str:

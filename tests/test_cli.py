@@ -263,6 +263,15 @@ def test_summary_has_a_column_per_swept_field(tmp_path, capsys):
         ("0.25", "0", "0.312", "0.062"), ("0.25", "0.5", "0.812", "0.062")]
 
 
+def test_summary_writes_booleans_as_the_csv_does(tmp_path, capsys):
+    sweep = load_sweep(write(tmp_path / "s.toml", TINY_TOML.replace(
+        "fraction = [0.0, 0.5]", "fraction = 0.5\nnested = [true, false]")))
+    cli.print_summary(fake_results(sweep, test_error=[0.25] * 4, train_error=[0.0] * 4,
+                                   diverged=[False] * 4))
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        "nested", "false", "true"]
+
+
 def test_summary_of_one_seed_shows_no_spread(tmp_path, capsys):
     sweep = load_sweep(write(tmp_path / "s.toml", TINY_TOML.replace("seeds = 2", "seeds = 1")))
     cli.print_summary(fake_results(sweep, test_error=[0.25, 0.5], train_error=[0.0, 0.125],
