@@ -35,6 +35,8 @@ def _die_mid_write(directory: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C reaches the run even where the tests run with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     split = argv.index("--")
     mode, opts, cli_args = argv[0], argv[1:split], argv[split + 1:]
     from jaxprune import checkpoint, cli, results

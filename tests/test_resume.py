@@ -37,13 +37,11 @@ def env(tmp_path_factory):
 
 
 def start(env, out: Path, sweep_file: Path, *fault: str) -> subprocess.Popen:
-    """``jaxprune run`` with the helper's fault ``fault`` (see ``resume_helper.py``); Ctrl-C
-    reaches it even where this process ignores SIGINT (a background job)."""
+    """``jaxprune run`` with the helper's fault ``fault`` (see ``resume_helper.py``)."""
     args = [sys.executable, str(HELPER), *(fault or ("plain",)), "--", "run", str(sweep_file),
             "--out", str(out), "--no-progress", "--chunk-runs", "1"]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            text=True)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
