@@ -207,9 +207,7 @@ def cmd_status(args) -> int:
     except SweepMismatch as e:
         print(f"note: {e}; the next run plans the sweep again")
         chunks = []
-    done = [chunk_done(out, c, lambda m: print(m.replace("running that chunk again",
-                                                           "the next run runs it again")))
-            for c in chunks]
+    done = [chunk_done(out, c, print) for c in chunks]
     if chunks:
         runs_done = sum(len(c.run_ids) for c, d in zip(chunks, done) if d)
         print(f"{out}: {runs_done} of {runs} runs done ({sum(done)} of {len(chunks)} chunks)")

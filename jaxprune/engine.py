@@ -40,7 +40,8 @@ from jaxprune.plan import (PAD, Chunk, chunk_from_json, chunk_to_json, default_m
 from jaxprune.spec import run_params_from_table
 
 __all__ = ["run", "SweepMismatch", "OutputError", "OutOfMemory", "HISTORY_METRICS", "chunk_file",
-           "checkpoint_dir", "chunk_done", "figure_file", "output_dir", "read_plan", "sweep_fingerprint"]
+           "checkpoint_dir", "chunk_done", "figure_file", "output_dir", "read_plan",
+           "sweep_fingerprint"]
 
 #: Metrics recorded at every evaluation step (columns of ``metrics.npz``).
 HISTORY_METRICS = train.Metrics._fields
@@ -320,9 +321,9 @@ def chunk_done(out: Path, chunk: Chunk, log) -> bool:
         data = res.read_npz(path)
         if np.array_equal(np.sort(data["run"]), np.sort(chunk.run_ids)):
             return True
-        log(f"warning: {path} holds other runs than planned; running that chunk again")
+        log(f"warning: {path} holds other runs than planned; that chunk runs again")
     except Exception as e:
-        log(f"warning: {path} is unreadable ({e}); running that chunk again")
+        log(f"warning: {path} is unreadable ({e}); that chunk runs again")
     return False
 
 

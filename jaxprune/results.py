@@ -18,8 +18,8 @@ import numpy as np
 
 from jaxprune.config import FIELDS, RunTable, as_python
 
-__all__ = ["METRIC_COLUMNS", "SUMMARY_COLUMNS", "atomic_write", "write_npz", "read_npz", "write_json",
-           "results_columns", "write_csv", "read_csv", "summarize", "cell_fields"]
+__all__ = ["METRIC_COLUMNS", "SUMMARY_COLUMNS", "atomic_write", "write_npz", "read_npz",
+           "write_json", "results_columns", "write_csv", "read_csv", "summarize", "cell_fields"]
 
 #: Measurement columns of ``results.csv`` after the configuration fields and ``seed``.
 METRIC_COLUMNS = (

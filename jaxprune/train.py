@@ -631,7 +631,8 @@ def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
         weights = sample_weights(count, padded, dtype)
         margin = labels * outputs(net, ctx, samples, static, noise_proj)
         # A non-finite margin counts as an error. Errors are counted, then divided once, so
-        # that the rate is exact (a sum of 1/n weights can exceed 1 in float32).
+        # that the rate is k/n correctly rounded (a float32 sum of 1/n weights reached
+        # 1.0000002).
         wrong = jnp.where((weights > 0) & ~(margin > 0), 1.0, 0.0).astype(dtype)
         error = jnp.sum(wrong) / count.astype(dtype)
         return jnp.sum(weights * example_loss(margin)), error, labels, weights

@@ -170,8 +170,8 @@ def test_a_checkpoint_of_other_runs_is_never_loaded(interrupted, reference):
     first["runs"], second["runs"] = second["runs"], first["runs"]
     (interrupted / "plan.json").write_text(json.dumps(plan))
     logs = run(interrupted)
-    assert f"warning: {chunk_file(interrupted, 0)} holds other runs than planned; running " \
-           "that chunk again" in logs
+    assert f"warning: {chunk_file(interrupted, 0)} holds other runs than planned; that " \
+           "chunk runs again" in logs
     assert not any("resumed from the checkpoint" in line for line in logs)
     assert any("chunk 1: no usable checkpoint left" in line for line in logs)
     got, want = (res.read_csv(out / "results.csv") for out in (interrupted, reference))
@@ -332,7 +332,7 @@ def test_damaged_chunk_file_is_run_again(interrupted, reference, capsys):
     path.write_bytes(path.read_bytes()[:100])
     lines = status(interrupted, capsys)
     assert lines[0].startswith(f"warning: {path} is unreadable (") and lines[0].endswith(
-        "; the next run runs it again")
+        "; that chunk runs again")
     assert lines[1:3] == [f"{interrupted}: 0 of 4 runs done (0 of 2 chunks)",
                           "chunk in flight: 0 (no checkpoint yet)"]
     logs = run(interrupted)
