@@ -14,6 +14,9 @@ from jaxprune.results import cell_fields, summarize  # noqa: E402
 
 __all__ = ["error_curves"]
 
+#: Legend entries per column where the legend goes beside the axes.
+LEGEND_ROWS = 24
+
 
 def error_curves(columns: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
     """Seed-mean test (solid) and train (dashed) error against the pruning fraction, one
@@ -23,9 +26,14 @@ def error_curves(columns: dict[str, np.ndarray], path: Path, title: str = "") ->
     cells: dict[tuple, list[dict]] = {}
     for row in rows:
         cells.setdefault(tuple(row[k] for k in keys), []).append(row)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    for i, (cell, pts) in enumerate(cells.items()):
-        color = f"C{i % 10}"
+    # Beyond ten cells the default colours repeat: take them from a colour map instead, and
+    # put the legend beside the axes in columns of at most LEGEND_ROWS, widening the figure.
+    columns_of_legend = -(-len(cells) // LEGEND_ROWS) if len(cells) > 10 else 0
+    fig, ax = plt.subplots(figsize=(6.4 + 2.4 * columns_of_legend, 4.2),
+                           constrained_layout=True)
+    colors = (plt.cm.viridis(np.linspace(0, 0.95, len(cells))) if columns_of_legend
+              else [f"C{i}" for i in range(len(cells))])
+    for color, (cell, pts) in zip(colors, cells.items()):
         p = np.array([r["fraction"] for r in pts])
         label = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in zip(keys, cell)) or "test"
@@ -40,7 +48,11 @@ def error_curves(columns: dict[str, np.ndarray], path: Path, title: str = "") ->
     ax.set_ylabel("error (solid: test, dashed: train)")
     ax.set_ylim(-0.02, 0.6)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if columns_of_legend:
+        ax.legend(fontsize=6, ncols=columns_of_legend, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 import jaxprune
 from jaxprune import cli, engine
-from jaxprune.config import load_sweep
+from jaxprune.config import load_sweep, sweep_from_dict
 from jaxprune.results import METRIC_COLUMNS, read_csv, results_columns
 
 SCRIPT = Path(sys.executable).with_name("jaxprune")
@@ -412,6 +413,21 @@ def test_plot_of_a_bad_results_table_is_one_line(cli_run, tmp_path, capsys):
         assert err.startswith("jaxprune: error: ") and expected in err, (text, err)
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "figures").exists()
+
+
+def test_figure_of_many_cells_keeps_its_axes(tmp_path):
+    """42 cells: distinct colours, the legend beside the axes in columns (inside them, it
+    squeezed the axes to nothing)."""
+    from jaxprune import plots
+
+    sweep = sweep_from_dict({"data": {"d": list(range(500, 542))}, "sweep": {"seeds": 2}})
+    columns = fake_results(sweep, test_error=np.full(84, 0.25), train_error=np.zeros(84),
+                           diverged=np.zeros(84, bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns where the layout collapses
+        path = plots.error_curves(columns, tmp_path / "many.png")
+    width = int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's width
+    assert width == round((6.4 + 2 * 2.4) * 120)  # two legend columns of at most 24
 
 
 def test_python_api_matches_cli(cli_run, tmp_path):
