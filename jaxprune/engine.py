@@ -221,6 +221,8 @@ def _check_same_sweep(sweep: Sweep, out: Path, log) -> None:
     if diff:
         details = "; ".join(f"{k}: {_values(previous, k)} there, {_values(sweep, k)} here"
                             for k in diff[:6])
+        if len(diff) > 6:
+            details += f"; and {', '.join(diff[6:])}"
         raise SweepMismatch(
             f"{out} holds a different sweep ({details}). Use a new --out directory, or "
             "--restart to discard what it holds.")

@@ -402,6 +402,13 @@ def test_another_sweep_is_refused_with_the_differences(interrupted, tmp_path, ca
     assert "\n" not in message
     assert snapshot(interrupted) == before
 
+    # Past six fields, the others are named without their values.
+    many = tiny_sweep(data={"d": 41, "n": 9, "n_test": 65, "signal_norm": 2.0},
+                      model={"width": 5, "activation_power": 2.0, "init_std": 0.02})
+    with pytest.raises(SweepMismatch, match=r"; activation_power: 3.0 there, 2.0 here; and "
+                                            r"init_std, steps\)"):
+        run(interrupted, many)
+
     sweep_file = tmp_path / "other.toml"
     sweep_file.write_text(other.to_toml())
     capsys.readouterr()
