@@ -27,10 +27,11 @@ def valid_weights(d: jax.Array, width: jax.Array, static: Static) -> jax.Array:
 def kept_count(fraction: jax.Array, d: jax.Array) -> jax.Array:
     """Entries an exact mask keeps per filter: ``round((1 - p) d)``, halves rounded up.
 
-    A decimal fraction that lands on a half (p = 0.9, d = 15) lands a few ulps to either side
-    of it in floating point; the slack rounds it up in float32 and float64 alike."""
+    A decimal fraction that lands on a half (p = 0.9, d = 15) lands up to about ``eps d`` to
+    either side of it in floating point (p's rounding, then the product's); a slack of twice
+    that rounds it up in float32 and float64 alike, and moves nothing further from a half."""
     kept = (1.0 - fraction) * d
-    slack = 8 * jnp.finfo(kept.dtype).eps * d
+    slack = 2 * jnp.finfo(kept.dtype).eps * (d + 1)
     return jnp.floor(kept + 0.5 + slack).astype(jnp.int32)
 
 

@@ -94,9 +94,9 @@ def test_exact_mask_keeps_round_1mp_d_per_filter(fraction):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_exact_mask_rounds_halves_up_in_either_float_type(dtype):
-    # (1 - p) d = 1.5, 2.5, 7.5, 0.5 exactly; 2 and 4 are not halves.
-    cases = [(0.9, 15, 2), (0.9, 25, 3), (0.5, 15, 8), (0.95, 10, 1), (0.8, 10, 2),
-             (0.6, 10, 4), (0.0, 7, 7)]
+    # (1 - p) d = 1.5, 2.5, 7.5, 0.5, 3.5 exactly; 2, 4 and 0.499 are not halves.
+    cases = [(0.9, 15, 2), (0.9, 25, 3), (0.5, 15, 8), (0.95, 10, 1), (0.3, 5, 4),
+             (0.8, 10, 2), (0.6, 10, 4), (0.0, 7, 7), (0.9997505, 2000, 0)]
     fractions = jnp.asarray([p for p, _, _ in cases], dtype)
     d = jnp.asarray([d for _, d, _ in cases], jnp.int32)
     np.testing.assert_array_equal(masks.kept_count(fractions, d), [k for _, _, k in cases])
