@@ -110,11 +110,11 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
 // P = C Z^T for a block of rows C (count, d), by our own AVX-512 kernel. OpenBLAS's sgemm ran
 // this shape (Z's n = 100 rows against a block of 100 to several hundred rows of W, d = 1000)
 // at 70-85 % of its square products' speed on one thread, this kernel at 95-98 %
-// (benchmarks/thin_products.py); the step ran 1.04-1.13x faster (benchmarks/RESULTS.md). Z's first `wide` = 16 floor(n / 16) rows are packed
-// transposed (PackNoise, once per call or per block) in panels of up to kPanel columns; each
-// tile of kTileRows rows of C keeps its part of P in registers (8 x 3 of the 32 vector
-// registers: per column of the panel, 3 loads and 8 broadcasts feed 24 FMAs) while it
-// streams its rows of C and the panel once. The n - wide last columns are dot products of 4
+// (benchmarks/thin_products.py); the step ran 1.04-1.13x faster (benchmarks/RESULTS.md).
+// Z's first `wide` = 16 floor(n / 16) rows are packed transposed (PackNoise, once per call or
+// per block) in panels of up to kPanel columns; each tile of kTileRows rows of C keeps its
+// part of P in registers (8 x 3 of the 32 vector registers: per column of the panel, 3 loads
+// and 8 broadcasts feed 24 FMAs) while it streams its rows of C and the panel once. The n - wide last columns are dot products of 4
 // rows at a time with Z's last rows (DotTile), summed across the vector lanes at the end.
 constexpr int64_t kTileRows = 8, kPanelVectors = 3, kPanel = 16 * kPanelVectors;
 
