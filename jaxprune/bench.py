@@ -599,7 +599,9 @@ def _memory_child(spec: str) -> None:
     evaluation each, as the engine calls it segment after segment: glibc's malloc holds on to
     freed temporaries, so the resident set grows over the first calls). The kernel
     formulation's Gram matrices are built in the setup phase and held throughout, as the
-    engine holds them.
+    engine holds them. ``temp_bytes``: the temporaries XLA assigns to one call of
+    ``advance`` (its buffer assignment, the same on every run; None where the backend does
+    not say).
     """
     jax = _jax()
     import jax.numpy as jnp
@@ -621,6 +623,7 @@ def _memory_child(spec: str) -> None:
     steps = train.train_steps.lower(state_abs, params, groups_abs, two, static=static,
                                     gram=gram_abs).compile()
     evaluate = train.evaluate.lower(state_abs, params, groups_abs, static=static).compile()
+    analysis = adv.memory_analysis()
     if accelerated():
         in_use, peak = (functools.partial(_device_bytes, k) for k in ("bytes_in_use",
                                                                        "peak_bytes_in_use"))
@@ -651,7 +654,8 @@ def _memory_child(spec: str) -> None:
     print(json.dumps({
         "baseline": baseline, **peaks, "resettable": resettable,
         "state_bytes": tree_bytes(state), "data_bytes": tree_bytes(groups) + tree_bytes(params),
-        "w_bytes": tree_bytes(state.net.w), "gram_bytes": tree_bytes(gram)}))
+        "w_bytes": tree_bytes(state.net.w), "gram_bytes": tree_bytes(gram),
+        "temp_bytes": None if analysis is None else analysis.temp_size_in_bytes}))
 
 
 def memory_profile(case: Case, timeout: float = 900) -> dict:
@@ -661,8 +665,10 @@ def memory_profile(case: Case, timeout: float = 900) -> dict:
     Ratios ``*_ratio`` = (peak RSS of a phase - RSS before allocating) / (state + data bytes),
     for the phases of ``_memory_child``; the programs are compiled before the baseline is
     taken, so compiler memory is excluded. ``gram_ratio``: the kernel formulation's Gram
-    matrices, held for the whole chunk, over the same bytes (0 for the direct step), so that
-    ``advance_ratio - gram_ratio - 1`` is what temporaries and the allocator add.
+    matrices, held for the whole chunk, over the same bytes (0 for the direct step);
+    ``temp_ratio``: XLA's temporaries of ``advance`` over the same bytes. So
+    ``1 + gram_ratio + temp_ratio`` is what a chunk needs at least, and ``advance_ratio``
+    beyond it is what the allocator and the runtime's first executions add.
     """
     code = f"from jaxprune.bench import _memory_child; _memory_child({json.dumps(json.dumps(dataclasses.asdict(case)))})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -675,6 +681,7 @@ def memory_profile(case: Case, timeout: float = 900) -> dict:
     for phase in ("setup", "steps", "eval", "advance"):
         out[f"{phase}_ratio"] = (out[f"{phase}_peak"] - out["baseline"]) / total
     out["gram_ratio"] = out["gram_bytes"] / total
+    out["temp_ratio"] = None if out["temp_bytes"] is None else out["temp_bytes"] / total
     return out
 
 
@@ -893,6 +900,20 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
+def _added_ratio(row: dict, rows: list[dict]) -> float | None:
+    """Bytes of the advance phase's peak added per state + data byte added, from the row of
+    the next smaller R with the same sizes, layout and types (None where there is none)."""
+    same = lambda r: {**r["case"], "runs": 0} == {**row["case"], "runs": 0}  # noqa: E731
+    smaller = [r for r in rows if "error" not in r and same(r)
+               and r["case"]["runs"] < row["case"]["runs"]]
+    if not smaller:
+        return None
+    before = max(smaller, key=lambda r: r["case"]["runs"])
+    added = lambda r: r["advance_peak"] - r["baseline"]  # noqa: E731
+    total = lambda r: r["state_bytes"] + r["data_bytes"]  # noqa: E731
+    return (added(row) - added(before)) / (total(row) - total(before))
+
+
 def _number_or_na(x) -> str:
     """``x`` to two decimals, or ``n/a`` where it was not measured (None)."""
     return "n/a" if x is None else f"{x:.2f}"
@@ -988,16 +1009,19 @@ def format_markdown(result: dict) -> str:
     if result.get("memory"):
         memory = "RSS" if on_cpu else "device memory in use"
         lines += ["", f"Peak {memory} of a fresh process per row, over its {memory} before "
-                  "allocating (programs compiled first), divided by state + data bytes:", "",
+                  "allocating (programs compiled first), divided by state + data bytes. *Per "
+                  "byte added*: the advance phase's peak added per state + data byte added "
+                  "from the next smaller R of the same sizes and layout (what a process spends "
+                  "once, whatever R, such as the runtime's first executions, cancels):", "",
                   f"| sizes | layout | R | state MB | data MB | baseline {memory} MB "
                   f"| steps only | evaluate | advance, {ADVANCE_CALLS} calls | setup "
-                  "| of which Gram |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| of which Gram | XLA temporaries of advance | advance, per byte added |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for mrow in result["memory"]:
             c = mrow["case"]
             if "error" in mrow:
                 lines.append(f"| {c['size']} | {c['layout']} | {c['runs']} | error: "
-                             f"{mrow['error'][-80:]} | | | | | | |")
+                             f"{mrow['error'][-80:]} |" + " |" * 9)  # 13 columns
                 continue
             mb = lambda b: f"{b / 1e6:,.0f}"  # noqa: E731
             lines.append(
@@ -1005,7 +1029,9 @@ def format_markdown(result: dict) -> str:
                 f"| {mb(mrow['data_bytes'])} | {mb(mrow['baseline'])} "
                 f"| {mrow['steps_ratio']:.2f} | {mrow['eval_ratio']:.2f} "
                 f"| {mrow['advance_ratio']:.2f} | {mrow['setup_ratio']:.2f} "
-                f"| {mrow.get('gram_ratio', float('nan')):.2f} |")
+                f"| {mrow.get('gram_ratio', float('nan')):.2f} "
+                f"| {_number_or_na(mrow.get('temp_ratio'))} "
+                f"| {_number_or_na(_added_ratio(mrow, result['memory']))} |")
     if result.get("compiles"):
         cc = result["compiles"]
         lines += ["", f"Sweep over {cc['d_values']} values of d ({cc['runs']} runs, n = 100, "

@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -135,6 +136,24 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
     json.dumps(result, default=str)
+    # The memory table: per byte added is (peak - baseline) added over state + data added
+    # from the next smaller R of the same case: (60 - 33) MB over (30 - 10) MB, then 31 / 40.
+    case = result["cases"][0]["case"]
+    ratios = {"steps_ratio": 1.1, "eval_ratio": 1.2, "setup_ratio": 1.0, "gram_ratio": 0.2}
+    memory = [{"case": {**case, "runs": R}, "state_bytes": 8e6 * k, "data_bytes": 2e6 * k,
+               "baseline": 4e8, "advance_peak": 4e8 + peak, "advance_ratio": peak / 1e7 / k,
+               "temp_ratio": temp, **ratios}
+              for R, k, peak, temp in [(8, 3, 6e7, 0.05), (2, 1, 3.3e7, None),
+                                       (32, 7, 9.1e7, 0.05)]]
+    result["memory"] = memory + [{"case": {**case, "runs": 4}, "error": "out of memory"}]
+    rows = [line for line in bench.format_markdown(result).splitlines()
+            if line.startswith("| tiny | shared |")]
+    assert rows == [
+        "| tiny | shared | 8 | 24 | 6 | 400 | 1.10 | 1.20 | 2.00 | 1.00 | 0.20 | 0.05 | 1.35 |",
+        "| tiny | shared | 2 | 8 | 2 | 400 | 1.10 | 1.20 | 3.30 | 1.00 | 0.20 | n/a | n/a |",
+        "| tiny | shared | 32 | 56 | 14 | 400 | 1.10 | 1.20 | 1.30 | 1.00 | 0.20 | 0.05 | 0.78 |",
+        "| tiny | shared | 4 | error: out of memory | | | | | | | | | |"]
+    del result["memory"]
     # On an accelerator the peak is XLA's alone (numpy's products would run on the host).
     assert "blas_per_size_gflops" in result["peak"]["start"]
     gpu = copy.deepcopy(result)
@@ -193,6 +212,11 @@ def test_memory_profile_of_a_tiny_case():
     gram = train.build_gram.eval_shape(state.mask, groups, static)
     assert m["gram_bytes"] == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(gram)) > 0
     assert m["gram_ratio"] == m["gram_bytes"] / (state_bytes + data_bytes)
+    # XLA's temporaries of one advance call, as its own compilation here reports them.
+    advance = train.advance.lower(state, params, groups, jnp.int32(2), static=static,
+                                  gram=gram).compile()
+    assert m["temp_bytes"] == advance.memory_analysis().temp_size_in_bytes > 0
+    assert m["temp_ratio"] == m["temp_bytes"] / (state_bytes + data_bytes)
 
 
 def test_compile_count_of_a_d_sweep():
