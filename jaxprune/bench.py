@@ -900,18 +900,13 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _added_ratio(row: dict, rows: list[dict]) -> float | None:
-    """Bytes of the advance phase's peak added per state + data byte added, from the row of
-    the next smaller R with the same sizes, layout and types (None where there is none)."""
-    same = lambda r: {**r["case"], "runs": 0} == {**row["case"], "runs": 0}  # noqa: E731
-    smaller = [r for r in rows if "error" not in r and same(r)
-               and r["case"]["runs"] < row["case"]["runs"]]
-    if not smaller:
-        return None
-    before = max(smaller, key=lambda r: r["case"]["runs"])
-    added = lambda r: r["advance_peak"] - r["baseline"]  # noqa: E731
-    total = lambda r: r["state_bytes"] + r["data_bytes"]  # noqa: E731
-    return (added(row) - added(before)) / (total(row) - total(before))
+def _rest_mb(row: dict) -> str:
+    """MB of the advance phase's peak beyond state, data, Gram matrices and XLA's
+    temporaries (``n/a`` for rows measured before ``temp_bytes`` was)."""
+    if row.get("temp_bytes") is None:
+        return "n/a"
+    known = row["state_bytes"] + row["data_bytes"] + row["gram_bytes"] + row["temp_bytes"]
+    return f"{(row['advance_peak'] - row['baseline'] - known) / 1e6:.1f}"
 
 
 def _number_or_na(x) -> str:
@@ -1009,13 +1004,13 @@ def format_markdown(result: dict) -> str:
     if result.get("memory"):
         memory = "RSS" if on_cpu else "device memory in use"
         lines += ["", f"Peak {memory} of a fresh process per row, over its {memory} before "
-                  "allocating (programs compiled first), divided by state + data bytes. *Per "
-                  "byte added*: the advance phase's peak added per state + data byte added "
-                  "from the next smaller R of the same sizes and layout (what a process spends "
-                  "once, whatever R, such as the runtime's first executions, cancels):", "",
+                  "allocating (programs compiled first), divided by state + data bytes. *Rest*: "
+                  "MB of the advance phase's peak beyond the state, data, Gram matrices and "
+                  "XLA's temporaries (the runtime's first executions, memory the allocator "
+                  "keeps):", "",
                   f"| sizes | layout | R | state MB | data MB | baseline {memory} MB "
                   f"| steps only | evaluate | advance, {ADVANCE_CALLS} calls | setup "
-                  "| of which Gram | XLA temporaries of advance | advance, per byte added |",
+                  "| of which Gram | XLA temporaries of advance | rest MB |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for mrow in result["memory"]:
             c = mrow["case"]
@@ -1031,7 +1026,7 @@ def format_markdown(result: dict) -> str:
                 f"| {mrow['advance_ratio']:.2f} | {mrow['setup_ratio']:.2f} "
                 f"| {mrow.get('gram_ratio', float('nan')):.2f} "
                 f"| {_number_or_na(mrow.get('temp_ratio'))} "
-                f"| {_number_or_na(_added_ratio(mrow, result['memory']))} |")
+                f"| {_rest_mb(mrow)} |")
     if result.get("compiles"):
         cc = result["compiles"]
         lines += ["", f"Sweep over {cc['d_values']} values of d ({cc['runs']} runs, n = 100, "

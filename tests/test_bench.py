@@ -136,23 +136,20 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
     json.dumps(result, default=str)
-    # The memory table: per byte added is (peak - baseline) added over state + data added
-    # from the next smaller R of the same case: (60 - 33) MB over (30 - 10) MB, then 31 / 40.
-    case = result["cases"][0]["case"]
-    ratios = {"steps_ratio": 1.1, "eval_ratio": 1.2, "setup_ratio": 1.0, "gram_ratio": 0.2}
-    memory = [{"case": {**case, "runs": R}, "state_bytes": 8e6 * k, "data_bytes": 2e6 * k,
-               "baseline": 4e8, "advance_peak": 4e8 + peak, "advance_ratio": peak / 1e7 / k,
-               "temp_ratio": temp, **ratios}
-              for R, k, peak, temp in [(8, 3, 6e7, 0.05), (2, 1, 3.3e7, None),
-                                       (32, 7, 9.1e7, 0.05)]]
-    result["memory"] = memory + [{"case": {**case, "runs": 4}, "error": "out of memory"}]
+    # The memory table: "rest" is the advance phase's peak over its baseline less state,
+    # data, Gram matrices and XLA's temporaries: 60 - (24 + 6 + 6 + 1.5) MB.
+    memory = {"case": result["cases"][0]["case"], "state_bytes": 24e6, "data_bytes": 6e6,
+              "baseline": 4e8, "advance_peak": 4.6e8, "gram_bytes": 6e6, "temp_bytes": 1.5e6,
+              "steps_ratio": 1.1, "eval_ratio": 1.2, "advance_ratio": 2.0, "setup_ratio": 1.0,
+              "gram_ratio": 0.2, "temp_ratio": 0.05}
+    before = {k: v for k, v in memory.items() if k not in ("temp_bytes", "temp_ratio")}
+    result["memory"] = [memory, before, {"case": memory["case"], "error": "out of memory"}]
     rows = [line for line in bench.format_markdown(result).splitlines()
             if line.startswith("| tiny | shared |")]
     assert rows == [
-        "| tiny | shared | 8 | 24 | 6 | 400 | 1.10 | 1.20 | 2.00 | 1.00 | 0.20 | 0.05 | 1.35 |",
-        "| tiny | shared | 2 | 8 | 2 | 400 | 1.10 | 1.20 | 3.30 | 1.00 | 0.20 | n/a | n/a |",
-        "| tiny | shared | 32 | 56 | 14 | 400 | 1.10 | 1.20 | 1.30 | 1.00 | 0.20 | 0.05 | 0.78 |",
-        "| tiny | shared | 4 | error: out of memory | | | | | | | | | |"]
+        "| tiny | shared | 2 | 24 | 6 | 400 | 1.10 | 1.20 | 2.00 | 1.00 | 0.20 | 0.05 | 22.5 |",
+        "| tiny | shared | 2 | 24 | 6 | 400 | 1.10 | 1.20 | 2.00 | 1.00 | 0.20 | n/a | n/a |",
+        "| tiny | shared | 2 | error: out of memory | | | | | | | | | |"]
     del result["memory"]
     # On an accelerator the peak is XLA's alone (numpy's products would run on the host).
     assert "blas_per_size_gflops" in result["peak"]["start"]
