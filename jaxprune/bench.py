@@ -879,7 +879,8 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
                 log(f"memory {case.size} {case.layout} R={case.runs}: error {m['error']}")
             else:
                 log(f"memory {case.size} {case.layout} R={case.runs}: steps "
-                    f"{m['steps_ratio']:.2f}x, advance {m['advance_ratio']:.2f}x state+data")
+                    f"{m['steps_ratio']:.2f}x, advance {m['advance_ratio']:.2f}x state+data "
+                    f"(XLA temporaries {_number_or_na(m['temp_ratio'])}x, rest {_rest_mb(m)} MB)")
     if compiles:
         result["compiles"] = compile_count()
         log(f"compiles: {result['compiles']}")
