@@ -70,15 +70,23 @@ def kill_at_random(env, out, sweep_file, rng, sig=signal.SIGKILL) -> tuple[int, 
     return finish(proc)
 
 
-def interrupt_while_compiling(env, out, sweep_file) -> tuple[int, str]:
-    """Ctrl-C as soon as the run holds its directory: while it plans and compiles."""
+def interrupt_while_compiling(env, out, sweep_file, stale_lock: bool) -> tuple[int, str]:
+    """Ctrl-C as soon as the run holds its directory (and, taking over a stale lock, has said
+    so: the note comes just after the lock): while it plans and compiles."""
     proc = start(env, out, sweep_file)
     deadline = time.monotonic() + 120
     while (proc.poll() is None and (read_lock(out) or {}).get("pid") != proc.pid
            and time.monotonic() < deadline):
         time.sleep(0.005)
+    said = ""
+    while stale_lock and "took over" not in said and proc.poll() is None:
+        line = proc.stderr.readline()
+        said += line
+        if not line:
+            break
     proc.send_signal(signal.SIGINT)
-    return finish(proc)
+    rc, err = finish(proc)
+    return rc, said + err
 
 
 def status(out: Path, capsys) -> str:
@@ -131,7 +139,7 @@ def test_killed_sweep_resumes_to_identical_files(tmp_path, env, capsys):
         if fault == ("random",):
             rc, err = kill_at_random(env, out, sweep_file, rng)
         elif fault == ("interrupt", "compiling"):
-            rc, err = interrupt_while_compiling(env, out, sweep_file)
+            rc, err = interrupt_while_compiling(env, out, sweep_file, stale_lock)
         elif fault == ("interrupt", "random"):
             rc, err = kill_at_random(env, out, sweep_file, rng, signal.SIGINT)
         else:
