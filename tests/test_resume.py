@@ -79,11 +79,11 @@ def interrupt_while_compiling(env, out, sweep_file, stale_lock: bool) -> tuple[i
            and time.monotonic() < deadline):
         time.sleep(0.005)
     said = ""
-    while stale_lock and "took over" not in said and proc.poll() is None:
-        line = proc.stderr.readline()
-        said += line
+    while stale_lock and "took over" not in said:
+        line = proc.stderr.readline()  # "" once the run has exited
         if not line:
             break
+        said += line
     proc.send_signal(signal.SIGINT)
     rc, err = finish(proc)
     return rc, said + err
