@@ -96,6 +96,8 @@ class Case:
       n_test: test-set size (the step never touches it; kept small so R seeds fit memory).
       dtype: ``float32`` or ``float64``.
       precision: the step's ``matmul_precision`` (``float32`` or ``tensorfloat32``).
+      formulation: plain GD's formulation (``Static.formulation``): "auto", the engine's
+        choice, or "direct" or "kernel".
     """
 
     size: str
@@ -107,6 +109,7 @@ class Case:
     n_test: int = 100
     dtype: str = "float32"
     precision: str = "float32"
+    formulation: str = "auto"
 
     @property
     def groups(self) -> int:
@@ -130,7 +133,8 @@ def case_static(case: Case, **overrides):
     row = {k: FIELDS[k].default for k in STATIC_FIELDS}
     row.update(dtype=case.dtype, matmul_precision=case.precision, **overrides)
     sizes = {"d": case.d, "n": case.n, "n_test": case.n_test, "width": case.width}
-    return static_from_row(row, sizes, groups=case.groups, group_size=case.group_size)
+    static = static_from_row(row, sizes, groups=case.groups, group_size=case.group_size)
+    return dataclasses.replace(static, formulation=case.formulation)
 
 
 def case_inputs(static, seed0: int = 0):
@@ -806,7 +810,8 @@ def _loadavg() -> float | None:
 
 
 def default_cases(quick: bool, sizes=None, runs=None, layouts=None,
-                  memory_cap_gb: float = 3.0, precision: str = "float32") -> list[Case]:
+                  memory_cap_gb: float = 3.0, precision: str = "float32",
+                  formulation: str = "auto") -> list[Case]:
     """The cases of a quick or full run; configurations whose state and data (of one
     implementation; each holds its own, plus temporaries) exceed ``memory_cap_gb`` are left
     out (at 3 GB: R = 4096 at d = 2000, and R seeds beyond 1024 or 256)."""
@@ -818,7 +823,8 @@ def default_cases(quick: bool, sizes=None, runs=None, layouts=None,
         d, n, width = SIZE_SETS[size]
         for layout in layouts:
             for R in runs:
-                case = Case(size, d, n, width, R, layout, precision=precision)
+                case = Case(size, d, n, width, R, layout, precision=precision,
+                            formulation=formulation)
                 if _case_bytes(case) <= memory_cap_gb * 1e9:
                     cases.append(case)
     return cases
@@ -837,11 +843,12 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
         "torch"), repeats: int | None = None, target_s: float | None = None,
         memory: bool = True, compiles: bool = True, torch_threads: int = 2,
         memory_cap_gb: float = 3.0, peak_sizes=None, memory_runs=None,
-        precision: str = "float32", log=print) -> dict:
+        precision: str = "float32", formulation: str = "auto", log=print) -> dict:
     """Runs the benchmark and returns every measurement (JSON-serialisable).
 
-    ``precision``: the step's and the peak's ``matmul_precision``. ``peak_sizes`` default to
-    1024-4096 on the CPU and 2048-8192 on an accelerator (smaller products leave it idle)."""
+    ``precision``: the step's and the peak's ``matmul_precision``; ``formulation``: plain
+    GD's (``Case.formulation``). ``peak_sizes`` default to 1024-4096 on the CPU and
+    2048-8192 on an accelerator (smaller products leave it idle)."""
     if repeats is None:
         repeats = 3 if quick else 5
     if target_s is None:
@@ -849,14 +856,15 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
     result = {"machine": _machine(), "quick": quick, "load_start": _loadavg(),
               "settings": {"repeats": repeats, "target_s": target_s,
                            "torch_threads": torch_threads, "impls": list(impls),
-                           "precision": precision, "settled": not accelerated()}}
+                           "precision": precision, "formulation": formulation,
+                           "settled": not accelerated()}}
     log(f"load average {result['load_start']}; measuring the matrix-product peak")
     if not peak_sizes:
         peak_sizes = (2048, 4096, 8192) if accelerated() else (1024, 2048, 3072, 4096)
         peak_sizes = peak_sizes[:2] if quick else peak_sizes
     peak = matmul_peak(peak_sizes, repeats=repeats, precision=precision)
     log(f"peak {peak['best_gflops']:.1f} GFLOP/s ({peak['per_size_gflops']})")
-    cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb, precision)
+    cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb, precision, formulation)
     # The fastest size at the start is timed beside every case (``measure_case``).
     peak_size = fastest_size(peak)
     result["cases"] = []
@@ -870,7 +878,8 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
                       "best_gflops": max(peak["best_gflops"], peak_end["best_gflops"])}
     if memory:
         mem_runs = memory_runs or ((256,) if quick else (256, 1024, 4096))
-        mem_cases = default_cases(quick, sizes, mem_runs, layouts, memory_cap_gb, precision)
+        mem_cases = default_cases(quick, sizes, mem_runs, layouts, memory_cap_gb, precision,
+                                  formulation)
         result["memory"] = []
         for case in mem_cases:
             m = memory_profile(case)
@@ -1071,6 +1080,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``jaxprune bench``."""
     from jaxprune.cli import _positive_int
     from jaxprune.config import FIELDS
+    from jaxprune.spec import FORMULATIONS
 
     parser.add_argument("--quick", action="store_true",
                         help="a short run (about a minute): paper sizes d=1000, R in {16, 256}")
@@ -1102,6 +1112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precision of the step's and the peak's float32 products "
                              "(the sweep option matmul_precision; tensorfloat32 matters on "
                              "NVIDIA GPUs only)")
+    parser.add_argument("--formulation", choices=FORMULATIONS, default="auto",
+                        help="plain GD's formulation: auto (default), as a sweep runs it; "
+                             "direct, the step whose FLOPs are counted (its share of the "
+                             "peak); or kernel")
     parser.add_argument("--no-compiles", action="store_true",
                         help="skip counting the programs of a sweep over d")
     parser.add_argument("--xla-flags", metavar="FLAGS", default="",
@@ -1122,7 +1136,8 @@ def main(args: argparse.Namespace) -> int:
                  impls=impls, repeats=args.repeats, target_s=args.target_seconds,
                  memory=not args.no_memory, compiles=not args.no_compiles,
                  torch_threads=args.torch_threads, memory_cap_gb=args.memory_cap_gb,
-                 memory_runs=args.memory_runs, precision=args.matmul_precision, log=log)
+                 memory_runs=args.memory_runs, precision=args.matmul_precision,
+                 formulation=args.formulation, log=log)
     text = format_markdown(result)
     print(text)
     if args.json:

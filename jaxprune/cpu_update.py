@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "update_and_project", "projections", "LANES", "pack_upper",
+__all__ = ["available", "status", "gram_triangles", "update_and_project", "projections", "LANES", "pack_upper",
            "lanes", "interleave", "deinterleave", "symmetric_products"]
 
 #: The custom calls of ``cpu_update.cc``.
@@ -210,6 +210,13 @@ def status() -> str:
 def available(dtype=np.float32) -> bool:
     """Whether the native products can run for weights of ``dtype`` (float32 only)."""
     return np.dtype(dtype) == np.float32 and status().startswith("native")
+
+
+def gram_triangles(dtype=np.float32) -> bool:
+    """Whether the kernel formulation keeps its Gram matrices as upper triangles, read by
+    ``symmetric_products`` (half the bytes of full ones): where the native products run and
+    the CPU is JAX's default backend."""
+    return available(dtype) and jax.default_backend() == "cpu"
 
 
 #: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own AVX-512 kernel wherever

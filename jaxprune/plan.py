@@ -16,6 +16,7 @@ from typing import Iterable
 import jax
 import numpy as np
 
+from jaxprune import cpu_update
 from jaxprune.config import ConfigError, RunTable
 from jaxprune.spec import SIZES, STATIC_FIELDS, Static, static_from_row
 
@@ -91,8 +92,10 @@ def run_bytes(static: Static) -> int:
     # weights + gradient + updated weights + optimizer slots in floats, plus a bool mask.
     per_weight = (3 + 2 * slots) * f + 1
     samples = static.n + static.n_test
-    # Full Gram matrices: where the CPU keeps their upper triangles this overestimates 2x.
-    gram = 2 * static.width * static.n * static.n * f if static.kernel_step else 0
+    # Gram matrices: upper triangles where the CPU's native products read them, else full.
+    n = static.n
+    per_filter = n * (n + 1) // 2 if cpu_update.gram_triangles(static.float_dtype) else n * n
+    gram = 2 * static.width * per_filter * f if static.kernel_step else 0
     return weights * per_weight + 2 * static.width * samples * f * 4 + gram
 
 

@@ -14,7 +14,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Static", "RunParams", "SWEPT", "SIZES", "STATIC_FIELDS", "static_from_row",
+from jaxprune import cpu_update
+
+__all__ = ["Static", "RunParams", "kernel_pays", "KERNEL_MIN_D_PER_N", "SWEPT", "SIZES", "STATIC_FIELDS", "static_from_row",
            "run_params_from_table"]
 
 #: Float fields that are per-run arrays.
@@ -73,23 +75,39 @@ class Static:
 
     @property
     def kernel_step(self) -> bool:
-        """Whether plain GD runs in the kernel formulation (``train``): where ``n^2 <= 2 d``
-        (its per-filter Gram matrices are at most twice the weights, or as large where the
-        CPU keeps their upper triangles, and a step reads them instead of multiplying by d
-        columns), the run is long enough to repay building them once (``steps >= n``; they
-        cost about n / 3 direct steps, half that as triangles), and segments have at least 2
-        steps (each starts with a product over W and rebuilds W). ``formulation`` = "direct"
-        or "kernel" forces a choice."""
+        """Whether plain GD runs in the kernel formulation (``train``): where ``kernel_pays``
+        and segments have at least 2 steps (each starts with a product over W and rebuilds
+        W). ``formulation`` = "direct" or "kernel" forces a choice."""
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"formulation {self.formulation!r} is not one of {FORMULATIONS}")
         if self.optimizer != "gd" or self.formulation == "direct":
             return False
-        return self.formulation == "kernel" or (
-            self.n * self.n <= 2 * self.d and self.steps >= self.n and self.eval_every >= 2)
+        return self.formulation == "kernel" or (self.eval_every >= 2 and kernel_pays(
+            self.n, self.d, self.steps, cpu_update.gram_triangles(self.float_dtype)))
 
     @property
     def float_dtype(self):
         return np.dtype(self.dtype)
+
+
+#: Where the CPU reads the Gram matrices as triangles, the kernel step pays from d = this
+#: many times n: with d / n = 5 / 6.7 / 10 / 20 it ran 1.10 / 1.40 / 1.56-1.77 / 1.97-2.93x
+#: as many run-steps a second as the direct step (``benchmarks/RESULTS.md``).
+KERNEL_MIN_D_PER_N = 6
+
+
+def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
+    """Whether the kernel formulation trains faster than the direct step. Its step reads the
+    n x n Gram matrix of each filter (memory bound) where the direct one multiplies by d
+    columns (4 n d FLOPs a filter), and building the Gram matrices once costs some direct
+    steps. So: where they are at most twice the weights (``n^2 <= 2 d``) and ``steps >= n``;
+    or, read as ``triangles`` by the CPU's native products, where
+    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 2 n`` (the build was repaid after 0.7-1.7 n
+    steps at n = 100-200). Full matrices read by XLA (accelerators, CPUs without the native
+    products) keep the first rule: on the CPU they ran 0.80-1.13x the direct step at
+    d / n = 10."""
+    return (n * n <= 2 * d and steps >= n) or (
+        triangles and d >= KERNEL_MIN_D_PER_N * n and steps >= 2 * n)
 
 
 class RunParams(NamedTuple):

@@ -447,11 +447,12 @@ def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_s
 
 def _packed_gram(static: Static, native: bool | None = None) -> bool:
     """Whether the Gram matrices are kept as their upper triangles, which the native products
-    read (half the bytes of the step): where those run (``native``; None: wherever they can)
-    and the CPU is the default backend. Elsewhere they are full: XLA's products of full
-    matrices ran 1.7-3.9x faster than of triangles unpacked first (``benchmarks/RESULTS.md``)."""
+    read (half the bytes of the step): where those run (``native``; None: wherever they can,
+    ``cpu_update.gram_triangles``) and the CPU is the default backend. Elsewhere they are
+    full: XLA's products of full matrices ran 1.7-3.9x faster than of triangles unpacked first
+    (``benchmarks/RESULTS.md``)."""
     if native is None:
-        native = cpu_update.available(static.float_dtype)
+        return cpu_update.gram_triangles(static.float_dtype)
     return native and jax.default_backend() == "cpu"
 
 

@@ -164,6 +164,19 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     assert "settled" not in text
 
 
+def test_the_formulation_can_be_forced(monkeypatch):
+    """``--formulation direct`` times the step whose FLOPs are counted where a sweep would
+    run the kernel formulation (as at these sizes)."""
+    monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
+    auto, direct = (bench.default_cases(True, ["tiny"], [2], ["shared"], formulation=f)[0]
+                    for f in ("auto", "direct"))
+    assert bench.case_static(auto).kernel_step and not bench.case_static(direct).kernel_step
+    r = bench.measure_case(direct, ("advance",), repeats=1, target_s=0.001)
+    assert r["formulation"] == "direct" and r["gram_s"] is None
+    assert cli.build_parser().parse_args(["bench", "--formulation", "direct"]).formulation \
+        == "direct"
+
+
 def test_fastest_size_prefers_the_library_the_cpu_step_calls():
     peak = {"per_size_gflops": {1024: 90.0, 2048: 80.0},
             "blas_per_size_gflops": {1024: 70.0, 2048: 75.0}}
@@ -240,6 +253,7 @@ def test_cli_has_bench_with_quick_mode():
     (["--target-seconds", "0"], "argument --target-seconds: '0' is not a positive number"),
     (["--target-seconds", "nan"], "argument --target-seconds: 'nan' is not a positive number"),
     (["--memory-cap-gb", "-3"], "argument --memory-cap-gb: '-3' is not a positive number"),
+    (["--formulation", "kernal"], "argument --formulation: invalid choice: 'kernal'"),
 ])
 def test_bad_bench_options_exit_2_naming_the_option(capsys, argv, message):
     with pytest.raises(SystemExit) as info:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_sweep
-from jaxprune import train
+from jaxprune import cpu_update, train
 from jaxprune.plan import (PAD, PlanError, chunk_from_json, chunk_to_json, group_bytes,
                            padded_sizes, plan_chunks, run_bytes)
 
@@ -112,3 +112,14 @@ def test_group_bytes_are_one_seeds_arrays_and_the_accelerator_steps_noise_copy(d
     noise_copy = jax.eval_shape(lambda z: train._support_noise(z, one_seed), groups.train.noise)
     arrays = [*jax.tree.leaves(groups), noise_copy]
     assert group_bytes(one_seed) == sum(x.size * x.dtype.itemsize for x in arrays)
+
+
+@pytest.mark.parametrize("triangles", [True, False])
+def test_a_run_s_bytes_count_its_gram_matrices_as_they_are_kept(monkeypatch, triangles):
+    """Upper triangles where the CPU's native products read them, else full n x n."""
+    monkeypatch.setattr(cpu_update, "gram_triangles", lambda dtype: triangles)
+    static = dataclasses.replace(plan_chunks(tiny_sweep().run_table(), 1 << 30)[0].static,
+                                 formulation="kernel")
+    n, m, f = static.n, static.width, static.float_dtype.itemsize
+    gram = run_bytes(static) - run_bytes(dataclasses.replace(static, formulation="direct"))
+    assert gram == 2 * m * (n * (n + 1) // 2 if triangles else n * n) * f

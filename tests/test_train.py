@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_dict
-from jaxprune import bench, train
+from jaxprune import bench, cpu_update, spec, train
 from jaxprune.config import sweep_from_dict
 from jaxprune.model import Network
 from jaxprune.plan import PAD, plan_chunks
@@ -352,6 +352,22 @@ def test_formulation_choice_and_unknown_names():
     assert dataclasses.replace(static, d=31, formulation="kernel").kernel_step
     with pytest.raises(ValueError, match="'kernal' is not one of"):
         dataclasses.replace(chunk.static, formulation="kernal").kernel_step
+
+
+def test_the_kernel_formulation_where_it_pays(monkeypatch):
+    """Full Gram matrices where they are at most twice the weights; read as triangles by the
+    CPU's native products, from d = 6 n (the paper's n = 100, d = 1000) and 2 n steps."""
+    assert spec.kernel_pays(100, 1000, 200, triangles=True)
+    assert not spec.kernel_pays(100, 1000, 199, triangles=True)
+    assert not spec.kernel_pays(100, 1000, 1500, triangles=False)
+    assert not spec.kernel_pays(100, 599, 1500, triangles=True)
+    assert spec.kernel_pays(100, 5000, 100, triangles=False)
+    assert not spec.kernel_pays(100, 5000, 99, triangles=False)
+    assert spec.kernel_pays(8, 32, 8, False) and not spec.kernel_pays(8, 31, 100, True)
+    static = bench.case_static(bench.Case("paper-d1000", 1000, 100, 50, 4, "seeds"))
+    for triangles in (True, False):
+        monkeypatch.setattr(cpu_update, "gram_triangles", lambda dtype: triangles)
+        assert static.kernel_step == triangles
 
 
 @pytest.mark.parametrize("name, formulation", [("padded-defaults", "direct"),
