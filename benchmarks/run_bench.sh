@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Records the full benchmark for benchmarks/RESULTS.md: waits (up to WAIT_TRIES x 60 s) for
-# the 1-minute load average to fall below MAX_LOAD, then runs `jaxprune bench`, writing JSON
-# and markdown tables to benchmarks/results/. Usage (from the repository root):
+# the 1-minute load average to fall below MAX_LOAD, then runs `jaxprune bench` (the step as a
+# sweep runs it) and, unless a --formulation is given, `jaxprune bench --formulation direct
+# --no-memory --no-compiles` (the direct step, whose FLOPs are counted, where a sweep would run
+# the kernel formulation), writing JSON and markdown tables to benchmarks/results/ (the second
+# pass's files end in -direct). Usage (from the repository root):
 #
-#     bash benchmarks/run_bench.sh            # full mode (about 15-25 minutes)
-#     bash benchmarks/run_bench.sh --quick    # quick mode (about a minute)
+#     bash benchmarks/run_bench.sh            # full mode (about 25-35 minutes)
+#     bash benchmarks/run_bench.sh --quick    # quick mode (about two minutes)
 #
-# Extra arguments go to `jaxprune bench`. PYTHON overrides the interpreter.
+# Extra arguments go to both passes of `jaxprune bench`. PYTHON overrides the interpreter.
 set -euo pipefail
 for arg in "$@"; do
   case $arg in -h | --help)
     echo "usage: bash benchmarks/run_bench.sh [--quick] [JAXPRUNE-BENCH-ARGS...]
-  no arguments: every size set and R (15-25 minutes); the others: see jaxprune bench --help
+  no arguments: every size set and R, then the direct step's pass (25-35 minutes); the
+  others: see jaxprune bench --help
 example: bash benchmarks/run_bench.sh --sizes paper-d1000 --runs 256 1024 --no-compiles"
     exit 0 ;;
   esac
@@ -40,3 +44,7 @@ wait_quiet() {
 wait_quiet
 "$PYTHON" -m jaxprune.cli bench "$@" --json "$out/$stamp.json" --markdown "$out/$stamp.md"
 echo "tables: $out/$stamp.md" >&2
+case " $* " in *" --formulation"*) exit 0 ;; esac
+"$PYTHON" -m jaxprune.cli bench "$@" --formulation direct --no-memory --no-compiles \
+  --json "$out/$stamp-direct.json" --markdown "$out/$stamp-direct.md"
+echo "tables of the direct step: $out/$stamp-direct.md" >&2

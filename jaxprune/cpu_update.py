@@ -215,8 +215,8 @@ def available(dtype=np.float32) -> bool:
 def gram_triangles(dtype=np.float32) -> bool:
     """Whether the kernel formulation keeps its Gram matrices as upper triangles, read by
     ``symmetric_products`` (half the bytes of full ones): where the native products run and
-    the CPU is JAX's default backend."""
-    return available(dtype) and jax.default_backend() == "cpu"
+    the CPU is JAX's default backend (checked first: no build where an accelerator runs)."""
+    return jax.default_backend() == "cpu" and available(dtype)
 
 
 #: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own AVX-512 kernel wherever

@@ -4,6 +4,8 @@ times computes the same step as ``train.advance`` (speed itself is never asserte
 import copy
 import importlib.machinery
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -175,6 +177,24 @@ def test_the_formulation_can_be_forced(monkeypatch):
     assert r["formulation"] == "direct" and r["gram_s"] is None
     assert cli.build_parser().parse_args(["bench", "--formulation", "direct"]).formulation \
         == "direct"
+
+
+@pytest.mark.parametrize("extra, passes", [([], 2), (["--formulation", "kernel"], 1)])
+def test_run_bench_adds_a_pass_of_the_direct_step(tmp_path, extra, passes):
+    """``benchmarks/run_bench.sh`` times the direct step too, unless told a formulation."""
+    fake = tmp_path / "python"  # records its arguments instead of measuring
+    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), MAX_LOAD="1000", LOG=str(tmp_path / "log"))
+    root = Path(__file__).parents[1]
+    subprocess.run(["bash", str(root / "benchmarks" / "run_bench.sh"), "--quick", *extra],
+                   env=env, check=True, capture_output=True)
+    calls = (tmp_path / "log").read_text().splitlines()
+    assert len(calls) == passes
+    assert all(call.startswith("-m jaxprune.cli bench --quick ") for call in calls)
+    if passes == 2:
+        assert "--formulation direct --no-memory --no-compiles" in calls[1]
+        assert calls[1].endswith("-direct.md")
 
 
 def test_fastest_size_prefers_the_library_the_cpu_step_calls():
