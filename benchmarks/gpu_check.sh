@@ -9,7 +9,9 @@
 # matrix-product peak and PyTorch on the same GPU); memory (device memory against state and
 # data); d1000-f32 (benchmarks/precision_d1000.toml end to end: the direct step's results, to
 # compare with the CPU's by benchmarks/compare_results.py); tests (the step against the
-# float64 reference, PyTorch's step on CUDA); tf32-d1000 (TF32 throughput); forms
+# float64 reference, PyTorch's step on CUDA); kernel-d1000 (the kernel formulation at paper
+# sizes, which the GPU does not choose there yet, against the f32 steps' direct step);
+# tf32-d1000 (TF32 throughput); forms
 # (benchmarks/update_forms.py: the step's formulations as loops of their two products) and
 # products (benchmarks/step_products.py: the step against its own products), with their
 # optimized HLO; loop (the plain loop, slow on a GPU: only small R); f32-other (d = 2000 and
@@ -18,8 +20,8 @@
 # Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
-steps=(machine f32-1024 f32-4096 memory d1000-f32 tests tf32-d1000 forms products loop f32-other
-  quick-f32 quick-tf32)
+steps=(machine f32-1024 f32-4096 memory d1000-f32 tests kernel-d1000 tf32-d1000 forms products
+  loop f32-other quick-f32 quick-tf32)
 usage="usage: bash benchmarks/gpu_check.sh OUTDIR [SECONDS [STEP...]]
   OUTDIR: where gpu_check.tar.gz goes; SECONDS: time for all steps (default 540);
   STEP: only these (default all): ${steps[*]}
@@ -81,6 +83,8 @@ bench memory 90 --sizes paper-d1000 --runs 16 --impls advance --memory-runs 1024
 sweep d1000-f32 60 benchmarks/precision_d1000.toml
 step tests 90 "$py" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_bench.py \
   -k "reference_runs or torch_step or accelerator"
+bench kernel-d1000 80 --sizes paper-d1000 --runs 1024 4096 --impls advance --no-memory \
+  --formulation kernel
 bench tf32-d1000 80 --sizes paper-d1000 --runs 4096 --impls advance torch --no-memory \
   --matmul-precision tensorfloat32
 step forms 60 "$py" benchmarks/update_forms.py --hlo "$work/hlo"

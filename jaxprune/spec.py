@@ -91,8 +91,8 @@ class Static:
 
 
 #: Where the CPU reads the Gram matrices as triangles, the kernel step pays from d = this
-#: many times n: with d / n = 5 / 6.7 / 10 / 20 it ran 1.10 / 1.40 / 1.56-1.77 / 1.97-2.93x
-#: as many run-steps a second as the direct step (``benchmarks/RESULTS.md``).
+#: many times n: at d / n = 5 / 6.7 / 8.3 / 10 / 20 it ran 1.13 / 1.28 / 1.61 / 1.53-2.01 /
+#: 2.9-3.7x as many run-steps a second as the direct step (``benchmarks/RESULTS.md``).
 KERNEL_MIN_D_PER_N = 6
 
 
@@ -102,12 +102,12 @@ def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
     columns (4 n d FLOPs a filter), and building the Gram matrices once costs some direct
     steps. So: where they are at most twice the weights (``n^2 <= 2 d``) and ``steps >= n``;
     or, read as ``triangles`` by the CPU's native products, where
-    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 2 n`` (the build was repaid after 0.7-1.7 n
-    steps at n = 100-200). Full matrices read by XLA (accelerators, CPUs without the native
-    products) keep the first rule: on the CPU they ran 0.80-1.13x the direct step at
-    d / n = 10."""
+    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 3 n`` (the build was repaid after 0.7-0.9 n
+    steps at d / n >= 8, 1.7 n at 6.7, 3.5 n at 5). Full matrices read by XLA (accelerators,
+    CPUs without the native products) keep the first rule: on the CPU they ran 0.77-1.09x the
+    direct step at d / n = 10."""
     return (n * n <= 2 * d and steps >= n) or (
-        triangles and d >= KERNEL_MIN_D_PER_N * n and steps >= 2 * n)
+        triangles and d >= KERNEL_MIN_D_PER_N * n and steps >= 3 * n)
 
 
 class RunParams(NamedTuple):
