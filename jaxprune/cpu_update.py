@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "gram_triangles", "update_and_project", "projections", "LANES", "pack_upper",
-           "lanes", "interleave", "deinterleave", "symmetric_products"]
+__all__ = ["available", "status", "gram_triangles", "update_and_project", "projections",
+           "LANES", "pack_upper", "lanes", "interleave", "deinterleave", "symmetric_products"]
 
 #: The custom calls of ``cpu_update.cc``.
 TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products")

@@ -85,18 +85,25 @@ def padded_sizes(values: Iterable[int], max_buckets: int) -> dict[int, int]:
 
 
 def run_bytes(static: Static) -> int:
-    """Device memory one run needs: weights, mask, optimizer slots, gradients, activations."""
+    """Device memory one run needs: weights, mask, optimizer slots, gradients, activations
+    and the kernel formulation's Gram matrices."""
     f = static.float_dtype.itemsize
     weights = 2 * static.width * static.d
     slots = {"gd": 0, "momentum": 1, "adam": 2}[static.optimizer]
     # weights + gradient + updated weights + optimizer slots in floats, plus a bool mask.
     per_weight = (3 + 2 * slots) * f + 1
     samples = static.n + static.n_test
-    # Gram matrices: upper triangles where the CPU's native products read them, else full.
+    return weights * per_weight + 2 * static.width * samples * f * 4 + _gram_bytes(static)
+
+
+def _gram_bytes(static: Static) -> int:
+    """A run's Gram matrices: none in the direct formulation; upper triangles where the CPU's
+    native products read them, else full."""
+    if not static.kernel_step:
+        return 0
     n = static.n
     per_filter = n * (n + 1) // 2 if cpu_update.gram_triangles(static.float_dtype) else n * n
-    gram = 2 * static.width * per_filter * f if static.kernel_step else 0
-    return weights * per_weight + 2 * static.width * samples * f * 4 + gram
+    return 2 * static.width * per_filter * static.float_dtype.itemsize
 
 
 def group_bytes(static: Static) -> int:

@@ -16,8 +16,8 @@ import numpy as np
 
 from jaxprune import cpu_update
 
-__all__ = ["Static", "RunParams", "kernel_pays", "KERNEL_MIN_D_PER_N", "SWEPT", "SIZES", "STATIC_FIELDS", "static_from_row",
-           "run_params_from_table"]
+__all__ = ["Static", "RunParams", "kernel_pays", "KERNEL_MIN_D_PER_N", "SWEPT", "SIZES",
+           "STATIC_FIELDS", "static_from_row", "run_params_from_table"]
 
 #: Float fields that are per-run arrays.
 SWEPT = ("fraction", "learning_rate", "signal_norm", "noise_std", "label_flip", "init_std")
@@ -92,7 +92,7 @@ class Static:
 
 #: Where the CPU reads the Gram matrices as triangles, the kernel step pays from d = this
 #: many times n: at d / n = 5 / 6.7 / 8.3 / 10 / 20 it ran 1.13 / 1.28 / 1.61 / 1.53-2.01 /
-#: 2.9-3.7x as many run-steps a second as the direct step (``benchmarks/RESULTS.md``).
+#: 2.9-4.1x as many run-steps a second as the direct step (``benchmarks/RESULTS.md``).
 KERNEL_MIN_D_PER_N = 6
 
 
