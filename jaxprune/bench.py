@@ -52,6 +52,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,6 +220,42 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
            "precision": precision}
     if blas:
         out["blas_per_size_gflops"] = blas
+    return out
+
+
+def read_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> dict:
+    """How fast the machine reads memory, the limit of the kernel formulation's step (which
+    reads its Gram matrices once a step): GB/s of summing a float32 array of ``size_bytes``
+    (far beyond the caches) by XLA (``jnp.sum``) and, on the CPU, by numpy on one thread per
+    core (numpy's reductions release the GIL), medians of ``repeats``, and the best."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    host = np.ones(max(1, size_bytes // 4), np.float32)
+
+    def gbps(read):
+        read()
+        _settle()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - t)
+        return host.nbytes / statistics.median(times) / 1e9
+
+    def threads_sum(parts):
+        workers = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    device, total = jnp.asarray(host), jax.jit(jnp.sum)
+    out = {"bytes": host.nbytes, "xla_gbps": gbps(lambda: total(device).block_until_ready())}
+    if not accelerated():
+        parts = np.array_split(host, os.cpu_count() or 1)
+        out["numpy_gbps"] = gbps(lambda: threads_sum(parts))
+    out["best_gbps"] = max(out["xla_gbps"], out.get("numpy_gbps", 0.0))
     return out
 
 
@@ -536,7 +573,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     out = {"case": dataclasses.asdict(case), "S": static.groups, "G": static.group_size,
            "formulation": "kernel" if static.kernel_step else "direct",
            "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
-           "gram_s": adv.gram_s,
+           "gram_s": adv.gram_s, "gram_bytes": _tree_bytes(adv.gram),
            "other_cores": other,
            "peak_gflops": peak_flop / med["peak"] / 1e9 if peak_size else None,
            "impls": {}, "skipped": skipped}
@@ -548,6 +585,35 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
                            "spread": (min(times[k]) / med[k], max(times[k]) / med[k])}
     log(_case_line(out))
     return out
+
+
+def _gram_traffic_lines(result: dict) -> list[str]:
+    """The kernel formulation's rows against the machine's read bandwidth: its step reads
+    the Gram matrices once, so their bytes a step over its time is its memory traffic."""
+    rows = [r for r in result["cases"] if r.get("gram_bytes")]
+    if not rows or "bandwidth" not in result:
+        return []
+    bw = result["bandwidth"]
+    lines = ["", "The kernel formulation's step is bound by reading its Gram matrices, once a "
+             f"step. Read bandwidth (summing a {bw['start']['bytes'] / 2**30:g} GiB float32 "
+             "array: " + "; ".join(
+                 f"{when} " + ", ".join(f"{k[:-5]} {v:.1f}" for k, v in bw[when].items()
+                                       if k.endswith("_gbps") and k != "best_gbps")
+                 for when in ("start", "end"))
+             + f" GB/s): **{bw['best_gbps']:.1f} GB/s**.", "",
+             "| sizes | layout | R | Gram MB | Gram read GB/s | % of read bandwidth |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["case"]
+        gbps = r["gram_bytes"] / r["impls"]["advance"]["step_s"] / 1e9
+        lines.append(f"| {c['size']} | {c['layout']} | {c['runs']} "
+                     f"| {r['gram_bytes'] / 1e6:,.0f} | {gbps:.1f} "
+                     f"| {100 * gbps / bw['best_gbps']:.0f} % |")
+    return lines
+
+
+def _tree_bytes(tree) -> int:
+    return sum(leaf.nbytes for leaf in _jax().tree.leaves(tree))
 
 
 def _case_line(r: dict) -> str:
@@ -843,12 +909,14 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
         "torch"), repeats: int | None = None, target_s: float | None = None,
         memory: bool = True, compiles: bool = True, torch_threads: int = 2,
         memory_cap_gb: float = 3.0, peak_sizes=None, memory_runs=None,
-        precision: str = "float32", formulation: str = "auto", log=print) -> dict:
+        precision: str = "float32", formulation: str = "auto", bandwidth_bytes: int = 1 << 30,
+        log=print) -> dict:
     """Runs the benchmark and returns every measurement (JSON-serialisable).
 
     ``precision``: the step's and the peak's ``matmul_precision``; ``formulation``: plain
     GD's (``Case.formulation``). ``peak_sizes`` default to 1024-4096 on the CPU and
-    2048-8192 on an accelerator (smaller products leave it idle)."""
+    2048-8192 on an accelerator (smaller products leave it idle); ``bandwidth_bytes``: the
+    array ``read_bandwidth`` reads."""
     if repeats is None:
         repeats = 3 if quick else 5
     if target_s is None:
@@ -864,6 +932,8 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
         peak_sizes = peak_sizes[:2] if quick else peak_sizes
     peak = matmul_peak(peak_sizes, repeats=repeats, precision=precision)
     log(f"peak {peak['best_gflops']:.1f} GFLOP/s ({peak['per_size_gflops']})")
+    bandwidth = read_bandwidth(bandwidth_bytes, repeats)
+    log(f"read bandwidth {bandwidth['best_gbps']:.1f} GB/s")
     cases = default_cases(quick, sizes, runs, layouts, memory_cap_gb, precision, formulation)
     # The fastest size at the start is timed beside every case (``measure_case``).
     peak_size = fastest_size(peak)
@@ -876,6 +946,9 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
     log(f"peak at the end {peak_end['best_gflops']:.1f} GFLOP/s")
     result["peak"] = {"start": peak, "end": peak_end,
                       "best_gflops": max(peak["best_gflops"], peak_end["best_gflops"])}
+    bandwidth_end = read_bandwidth(bandwidth_bytes, repeats)
+    result["bandwidth"] = {"start": bandwidth, "end": bandwidth_end,
+                           "best_gbps": max(bandwidth["best_gbps"], bandwidth_end["best_gbps"])}
     if memory:
         mem_runs = memory_runs or ((256,) if quick else (256, 1024, 4096))
         mem_cases = default_cases(quick, sizes, mem_runs, layouts, memory_cap_gb, precision,
@@ -1011,6 +1084,7 @@ def format_markdown(result: dict) -> str:
     skipped = {v for r in result["cases"] for v in r["skipped"].values()}
     for why in sorted(skipped):
         lines.append(f"\ntorch: {why}")
+    lines += _gram_traffic_lines(result)
     if result.get("memory"):
         memory = "RSS" if on_cpu else "device memory in use"
         lines += ["", f"Peak {memory} of a fresh process per row, over its {memory} before "

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune import bench, cli, train
+from jaxprune import bench, cli, cpu_update, train
 from jaxprune.config import load_sweep
 
 TINY = dict(size="tiny", d=40, n=8, width=4, n_test=16)
@@ -118,7 +118,7 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
     result = bench.run(quick=True, sizes=["tiny"], runs=[2, 4], impls=("advance", "loop"),
                        repeats=1, target_s=0.001, memory=False, compiles=False,
-                       peak_sizes=(128,),
+                       peak_sizes=(128,), bandwidth_bytes=1 << 20,
                        log=lambda m: None)
     assert len(result["cases"]) == 4  # two R, two layouts
     for r in result["cases"]:
@@ -137,6 +137,21 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     for r in result["cases"]:  # the square product timed beside each case, and its share
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
+    # The tiny sizes run the kernel formulation: its Gram matrices' traffic against the read
+    # bandwidth (numpy's threads on the CPU and XLA's sum, each of the 1 MiB array).
+    bandwidth = result["bandwidth"]
+    assert bandwidth["start"]["bytes"] == 1 << 20
+    assert bandwidth["best_gbps"] == max(bandwidth[w][k] for w in ("start", "end")
+                                         for k in ("numpy_gbps", "xla_gbps"))
+    for r in result["cases"]:
+        c = r["case"]
+        assert bench.case_static(bench.Case(**c)).kernel_step
+        n = c["n"]  # a filter's matrix (its triangle on this CPU), support sums and count
+        matrix = n * (n + 1) // 2 if cpu_update.gram_triangles() else n * n
+        assert r["gram_bytes"] == c["runs"] * 2 * c["width"] * (matrix + n + 1) * 4  # float32
+        gbps = r["gram_bytes"] / r["impls"]["advance"]["step_s"] / 1e9
+        assert (f"| tiny | {c['layout']} | {c['runs']} | {r['gram_bytes'] / 1e6:,.0f} "
+                f"| {gbps:.1f} | {100 * gbps / bandwidth['best_gbps']:.0f} % |") in text
     json.dumps(result, default=str)
     # The memory table: "rest" is the advance phase's peak over its baseline less state,
     # data, Gram matrices and XLA's temporaries: 60 - (24 + 6 + 6 + 1.5) MB.
@@ -147,7 +162,7 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     before = {k: v for k, v in memory.items() if k not in ("temp_bytes", "temp_ratio")}
     result["memory"] = [memory, before, {"case": memory["case"], "error": "out of memory"}]
     rows = [line for line in bench.format_markdown(result).splitlines()
-            if line.startswith("| tiny | shared |")]
+            if line.startswith("| tiny | shared |") and line.count("|") == 14]  # 13 columns
     assert rows == [
         "| tiny | shared | 2 | 24 | 6 | 400 | 1.10 | 1.20 | 2.00 | 1.00 | 0.20 | 0.05 | 22.5 |",
         "| tiny | shared | 2 | 24 | 6 | 400 | 1.10 | 1.20 | 2.00 | 1.00 | 0.20 | n/a | n/a |",
