@@ -7,7 +7,7 @@
 # pass's files end in -direct). Usage (from the repository root):
 #
 #     bash benchmarks/run_bench.sh            # full mode (about 25-35 minutes)
-#     bash benchmarks/run_bench.sh --quick    # quick mode (about two minutes)
+#     bash benchmarks/run_bench.sh --quick    # quick mode (about three minutes)
 #
 # Extra arguments go to both passes of `jaxprune bench`. PYTHON overrides the interpreter.
 set -euo pipefail

@@ -1157,7 +1157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jaxprune.spec import FORMULATIONS
 
     parser.add_argument("--quick", action="store_true",
-                        help="a short run (about a minute): paper sizes d=1000, R in {16, 256}")
+                        help="a short run (1-2 minutes): paper sizes d=1000, R in {16, 256}")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZE_SETS), metavar="SIZES",
                         help="size sets to measure: " + ", ".join(
                             f"{k} (d, n, width = {v})" for k, v in SIZE_SETS.items()))
