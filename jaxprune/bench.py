@@ -198,15 +198,8 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
     jax = _jax()
 
     def gflops(product, a, b, size):
-        product(a, b)
-        product(a, b)
-        _settle()  # the threads of numpy's last product may still be spinning
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            product(a, b)
-            times.append(time.perf_counter() - t)
-        return 2.0 * size**3 / statistics.median(times) / 1e9
+        seconds = _median_seconds(lambda: product(a, b), repeats, warmups=2)
+        return 2.0 * size**3 / seconds / 1e9
 
     dot = xla_product(precision)
     per_size, blas = {}, {}
@@ -223,6 +216,20 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
     return out
 
 
+def _median_seconds(fn, repeats: int, warmups: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmups`` calls and from a
+    settled process (the threads of numpy's last product may still be spinning)."""
+    for _ in range(warmups):
+        fn()
+    _settle()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def read_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> dict:
     """How fast the machine reads memory, the limit of the kernel formulation's step (which
     reads its Gram matrices once a step): GB/s of summing a float32 array of ``size_bytes``
@@ -234,14 +241,7 @@ def read_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> dict:
     host = np.ones(max(1, size_bytes // 4), np.float32)
 
     def gbps(read):
-        read()
-        _settle()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            read()
-            times.append(time.perf_counter() - t)
-        return host.nbytes / statistics.median(times) / 1e9
+        return host.nbytes / _median_seconds(read, repeats) / 1e9
 
     def threads_sum(parts):
         workers = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
