@@ -17,9 +17,7 @@ With ``--hlo`` the step's optimized HLO is written there (to read which kernels 
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,16 +26,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxprune import bench, train  # noqa: E402
-
-
-def _timed(fn, repeats=5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def measure(runs: int, layout: str, steps: int, hlo: Path | None) -> None:
@@ -74,7 +62,7 @@ def measure(runs: int, layout: str, steps: int, hlo: Path | None) -> None:
     parts = {"projection": lambda: project(w, z).block_until_ready(),
              "update": run_update,
              "step": lambda: adv.run_steps(steps)}
-    seconds = {k: _timed(f) for k, f in parts.items()}
+    seconds = {k: bench._median_seconds(f, repeats=5) for k, f in parts.items()}
     seconds["step"] /= steps
     flop = 2 * S * F * n * d
     print(f"{layout} R={runs}: S={S} F={F}")
