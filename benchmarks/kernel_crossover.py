@@ -10,7 +10,6 @@ run-steps per second, the ratio, and after how many steps the build is repaid. T
 figures set is ``spec.kernel_pays``.
 """
 
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -26,13 +25,12 @@ example: .venv/bin/python benchmarks/kernel_crossover.py 1000 150 64 seeds"""
 
 def main(d, n, runs, layout, repeats=5):
     print(cpu_update.status())
-    case = bench.Case(f"d{d}-n{n}", d, n, 50, runs, layout)
     runners = {}
     for formulation in ("direct", "kernel"):
-        static = dataclasses.replace(bench.case_static(case), formulation=formulation)
-        params, seeds = bench.case_inputs(static)
-        runners[formulation] = bench.AdvanceRunner(static, params, seeds)
-    segment = static.eval_every
+        static = bench.case_static(bench.Case(f"d{d}-n{n}", d, n, 50, runs, layout,
+                                              formulation=formulation))
+        runners[formulation] = bench.AdvanceRunner(static, *bench.case_inputs(static))
+    segment = static.eval_every  # the same in both
     for runner in runners.values():
         runner.run_steps(segment)  # warm-up
     times = bench._interleaved({k: (lambda r=r: r.run_steps(segment))
