@@ -1202,6 +1202,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``jaxprune bench``: prints progress, then the markdown tables."""
+    # Compile times and counts are of compiles: with JAX's persistent cache on (README,
+    # *Compiling once*) they would be reads of it. Decided at the process's first compile.
+    _jax().config.update("jax_enable_compilation_cache", False)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     impls = tuple(dict.fromkeys(["advance", *args.impls]))

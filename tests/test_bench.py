@@ -322,3 +322,33 @@ def test_an_output_file_that_cannot_be_written_fails_before_measuring(
         assert last.startswith(f"jaxprune bench: error: argument {option}: ") and message in last
         assert "Traceback" not in err
     assert not (tmp_path / "missing").exists()
+
+
+CACHE_PROBE = """
+import sys
+import jax
+from jaxprune import bench, cli
+
+def run(**kwargs):  # stands in for the measurements: one compile, then stop
+    jax.jit(lambda x: x + 1).lower(1.0).compile()
+    raise SystemExit(0)
+
+bench.run = run
+if sys.argv[1] == "bench":
+    cli.main(["bench", "--quick", "--no-memory"])
+run()
+"""
+
+
+@pytest.mark.parametrize("entry, cached", [("bench", False), ("plain", True)])
+def test_bench_compiles_past_jax_s_persistent_cache(tmp_path, entry, cached):
+    """With JAX's persistent cache configured, ``jaxprune bench`` still compiles (its compile
+    times and counts are of compiles) and writes nothing there; a plain process does."""
+    cache = tmp_path / "xla"
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    done = subprocess.run([sys.executable, "-c", CACHE_PROBE, entry], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    entries = list(cache.glob("*")) if cache.exists() else []
+    assert bool(entries) == cached, entries
