@@ -17,6 +17,7 @@ import pytest
 import jaxprune
 from jaxprune import cli, engine
 from jaxprune.config import load_sweep, sweep_from_dict
+from jaxprune.plan import plan_chunks
 from jaxprune.results import METRIC_COLUMNS, read_csv, results_columns
 
 SCRIPT = Path(sys.executable).with_name("jaxprune")
@@ -368,6 +369,29 @@ def test_run_end_to_end(cli_run):
             f"{test_error.mean():.3f}", "±", f"{test_error.std(ddof=1) / np.sqrt(2):.3f}",
             f"{train_error.mean():.3f}", "±", f"{train_error.std(ddof=1) / np.sqrt(2):.3f}",
             "0"]
+
+
+def test_a_second_run_reads_jax_s_persistent_cache_and_gives_the_same_numbers(tmp_path):
+    """README *Compiling once*: with JAX's persistent cache, a second process compiles none of
+    what the first did (the native calls of both formulations among it) and writes the same
+    results, bit for bit."""
+    sweep_file = write(tmp_path / "tiny.toml", TINY_TOML.replace("n = 8", "n = [8, 16]"))
+    chunks = plan_chunks(load_sweep(sweep_file).run_table(), 1 << 30)
+    assert {c.static.kernel_step for c in chunks} == {True, False}
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_LOG_COMPILES="1")
+    first, second = (subprocess.run(
+        [*JAXPRUNE, "run", str(sweep_file), "--out", str(tmp_path / out), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300) for out in ("first", "second"))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert ((tmp_path / "first" / "results.csv").read_bytes()
+            == (tmp_path / "second" / "results.csv").read_bytes())
+    hits = "Persistent compilation cache hit for 'jit_advance'"
+    assert hits not in first.stderr
+    # On some CPUs JAX rejects every CPU executable it cached (jax-ml/jax#38445, "Target
+    # machine feature ... is not supported"): the second run then compiles again.
+    if "Target machine feature" not in second.stderr:
+        assert second.stderr.count(hits) == 2  # one program a formulation
 
 
 def test_status_into_a_closed_pipe_ends_quietly(cli_run):
