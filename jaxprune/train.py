@@ -652,6 +652,8 @@ def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
     learned = jnp.asarray(CLASS_SIGN, dtype)[:, None] * p.signal_norm * (
         signal_projection(net.w, static) - signal_projection(support0, static))
     learned = jnp.max(jnp.where(real_filter, learned, -jnp.inf), axis=-1)
+    # A class none of whose filters keeps the signal learns exactly 0, not the -0.0 of its sign.
+    learned = jnp.where(learned == 0, 0.0, learned)
     # Noise memorization: mean_i max_r <dW[y_i,r], xi_i>.
     proj = p.noise_std * (train_proj - initial_proj)
     own = jnp.where(labels[:, None] > 0, proj[:, 0, :], proj[:, 1, :])

@@ -122,6 +122,20 @@ def test_training_makes_progress_and_metrics_are_not_trivial():
     assert np.allclose(before.signal_learning_pos, 0) and np.allclose(before.noise_memorization, 0)
 
 
+def test_a_class_without_signal_filters_learns_exactly_plus_zero():
+    """Pruned to no filter on the signal, a class's signal learning is 0, and +0.0 (its sign
+    made it -0.0 in ``results.csv``)."""
+    _, table, chunk = build({"prune": {"fraction": 0.99}})
+    _, state, metrics = run_batched(table, chunk)
+    _, params, _ = chunk_data(table, chunk, chunk.static)
+    stats = jax.device_get(train.mask_stats(state, params, chunk.static))
+    for side in ("pos", "neg"):
+        learned = getattr(metrics, f"signal_learning_{side}")
+        none = getattr(stats, f"signal_filters_{side}") == 0
+        assert none.any()
+        assert np.all(learned[none] == 0) and not np.signbit(learned[none]).any()
+
+
 def single_run(name="adam-orthogonal", index=0):
     """One run's per-run inputs, taken out of the batch, for gradient checks."""
     _, table, chunk = build(OPTION_SETS[name])
