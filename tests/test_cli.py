@@ -372,8 +372,8 @@ def test_run_end_to_end(cli_run):
 
 
 def test_a_second_run_reads_jax_s_persistent_cache_and_gives_the_same_numbers(tmp_path):
-    """README *Compiling once*: with JAX's persistent cache, a second process compiles none of
-    what the first did (the native calls of both formulations among it) and writes the same
+    """README *Compiling once*: with JAX's persistent cache, a second process reads both
+    formulations' ``advance`` (their native calls among them) from it and writes the same
     results, bit for bit."""
     sweep_file = write(tmp_path / "tiny.toml", TINY_TOML.replace("n = 8", "n = [8, 16]"))
     chunks = plan_chunks(load_sweep(sweep_file).run_table(), 1 << 30)
