@@ -573,7 +573,7 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     out = {"case": dataclasses.asdict(case), "S": static.groups, "G": static.group_size,
            "formulation": "kernel" if static.kernel_step else "direct",
            "flop_per_run_step": flop, "compile_s": adv.compile_s, "eval_s": med["advance_eval"],
-           "gram_s": adv.gram_s, "gram_bytes": _tree_bytes(adv.gram),
+           "gram_s": adv.gram_s, "gram_bytes": tree_bytes(adv.gram),
            "other_cores": other,
            "peak_gflops": peak_flop / med["peak"] / 1e9 if peak_size else None,
            "impls": {}, "skipped": skipped}
@@ -610,10 +610,6 @@ def _gram_traffic_lines(result: dict) -> list[str]:
                      f"| {r['gram_bytes'] / 1e6:,.0f} | {gbps:.1f} "
                      f"| {100 * gbps / bw['best_gbps']:.0f} % |")
     return lines
-
-
-def _tree_bytes(tree) -> int:
-    return sum(leaf.nbytes for leaf in _jax().tree.leaves(tree))
 
 
 def _case_line(r: dict) -> str:
