@@ -3,8 +3,8 @@
 A sweep is a TOML file with sections ``[data]``, ``[model]``, ``[prune]``, ``[train]`` and
 ``[sweep]``. A field may be a single value, a list (a grid axis) or, for numbers, a range
 table ``{start, stop, num, scale}``, except those that hold for the whole sweep (``axis=False``:
-``eval_every``, ``checkpoint_every``, ``dtype``, ``matmul_precision``). The runs are the
-Cartesian product of every list-valued field and the seeds.
+``eval_every``, ``checkpoint_every``, ``dtype``, ``matmul_precision``, ``formulation``). The
+runs are the Cartesian product of every list-valued field and the seeds.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ FIELDS: dict[str, Field] = {
                    choices=("float32", "float64"), axis=False),
     "matmul_precision": Field("train", "choice", "float32", '"float32" or "tensorfloat32"',
                               choices=("float32", "tensorfloat32"), axis=False),
+    "formulation": Field("train", "choice", "auto", '"auto", "direct" or "kernel"',
+                         choices=("auto", "direct", "kernel"), axis=False),
 }
 
 SECTIONS = ("data", "model", "prune", "train", "sweep")
@@ -337,6 +339,9 @@ def sweep_from_dict(raw: dict[str, Any], source: str = "<sweep>",
             if s > d:
                 raise err("data.signal_support", f"{s} exceeds d = {d}; allowed: "
                           + FIELDS["signal_support"].allowed)
+    if values["formulation"] == ("kernel",) and set(values["optimizer"]) != {"gd"}:
+        raise err("train.formulation", '"kernel" is a formulation of plain GD; it needs '
+                  'optimizer = "gd"')
     runs = math.prod(len(v) for v in values.values()) * len(seeds)
     if runs > MAX_RUNS:
         raise err("", f"the grid has {runs} runs; at most {MAX_RUNS} are allowed in one sweep")

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from jaxprune import cpu_update
+from jaxprune.config import FIELDS
 
 __all__ = ["Static", "RunParams", "kernel_pays", "KERNEL_MIN_D_PER_N", "SWEPT", "SIZES",
            "STATIC_FIELDS", "static_from_row", "run_params_from_table"]
@@ -26,11 +27,11 @@ SIZES = ("d", "n", "n_test", "width")
 #: Fields that select a program (a sweep over one of these makes one bucket per value).
 STATIC_FIELDS = ("signal_support", "noise_orthogonal", "activation_power", "output_scale",
                  "patch_pool", "bias", "init", "mask", "nested", "optimizer", "momentum",
-                 "steps", "eval_every", "dtype", "matmul_precision")
+                 "steps", "eval_every", "dtype", "matmul_precision", "formulation")
 
 
 #: How plain GD may be computed (``Static.formulation``; "auto" lets ``kernel_step`` choose).
-FORMULATIONS = ("auto", "direct", "kernel")
+FORMULATIONS = FIELDS["formulation"].choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Static:
     matmul_precision: str = "float32"
     groups: int = 1
     group_size: int = 1
-    formulation: str = "auto"
+    formulation: str = "auto"  # a default for plan.json files from before the field, too
 
     @property
     def runs(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import cli, engine
+from jaxprune import cli, engine, train
 from jaxprune.config import load_sweep, sweep_from_dict
 from jaxprune.plan import plan_chunks
 from jaxprune.results import METRIC_COLUMNS, read_csv, results_columns
@@ -392,6 +392,30 @@ def test_a_second_run_reads_jax_s_persistent_cache_and_gives_the_same_numbers(tm
     # machine feature ... is not supported"): the second run then compiles again.
     if "Target machine feature" not in second.stderr:
         assert second.stderr.count(hits) == 2  # one program a formulation
+
+
+def test_the_sweep_file_chooses_plain_gds_formulation(tmp_path, monkeypatch):
+    """``formulation = "direct"`` turns off the kernel formulation that "auto" runs at the
+    tiny sweep's sizes (n^2 <= 2d); the two give the same numbers to float32 rounding, and
+    ``results.csv`` records the option."""
+    ran = []
+    build_gram = train.build_gram
+    monkeypatch.setattr(train, "build_gram", lambda mask, groups, static: (
+        ran.append(static.kernel_step), build_gram(mask, groups, static))[1])
+    results = {}
+    for formulation in ("auto", "direct"):
+        text = TINY_TOML.replace("[train]\n", f'[train]\nformulation = "{formulation}"\n')
+        sweep = load_sweep(write(tmp_path / f"{formulation}.toml", text))
+        results[formulation] = jaxprune.run(sweep, tmp_path / formulation, progress=False)
+    assert ran == [True, False]  # one chunk each
+    kernel, direct = results["auto"], results["direct"]
+    assert set(kernel["formulation"]) == {"auto"} and set(direct["formulation"]) == {"direct"}
+    for name in ("train_loss", "test_loss", "signal_learning", "noise_memorization"):
+        np.testing.assert_allclose(direct[name], kernel[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    # An example whose margin is within rounding of 0 could flip: at most one each.
+    assert np.all(np.abs(direct["train_error"] - kernel["train_error"]) <= 1 / 8 + 1e-9)
+    assert np.all(np.abs(direct["test_error"] - kernel["test_error"]) <= 1 / 64 + 1e-9)
 
 
 def test_status_into_a_closed_pipe_ends_quietly(cli_run):

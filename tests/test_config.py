@@ -124,6 +124,12 @@ BAD = {
     "matmul_precision not a string": ("[train]\nmatmul_precision = 32",
                                       "train.matmul_precision: 32 is not a string; allowed: "
                                       '"float32" or "tensorfloat32"'),
+    "unknown formulation": ('[train]\nformulation = "gram"',
+                            "train.formulation: 'gram' is not allowed; allowed: \"auto\", "
+                            '"direct" or "kernel"'),
+    "kernel formulation of adam": ('[train]\noptimizer = ["gd", "adam"]\nformulation = "kernel"',
+                                   'train.formulation: "kernel" is a formulation of plain GD; '
+                                   'it needs optimizer = "gd"'),
     "name with a slash": ('name = "a/b"', NAME_RULE),
     "empty name": ('name = ""', NAME_RULE),
     "name of the parent directory": ('name = ".."', NAME_RULE),
@@ -173,6 +179,9 @@ BAD = {
     "list of matmul_precision": ('[train]\nmatmul_precision = ["float32", "tensorfloat32"]',
                                  "train.matmul_precision: cannot be swept; give one value "
                                  '("float32" or "tensorfloat32")'),
+    "list of formulation": ('[train]\nformulation = ["direct", "kernel"]',
+                            "train.formulation: cannot be swept; give one value (\"auto\", "
+                            '"direct" or "kernel")'),
     "repeated values": ("[prune]\nfraction = [0.5, 0.0, 0.5]",
                         "prune.fraction: 0.5 appears twice; values must not repeat"),
     # empty grids and bad seeds
@@ -271,6 +280,15 @@ def test_matmul_precision(tmp_path):
     sweep = load_text(tmp_path, '[train]\nmatmul_precision = "tensorfloat32"')
     assert sweep.values["matmul_precision"] == ("tensorfloat32",) and sweep.axes == []
     assert 'matmul_precision = "tensorfloat32"' in sweep.to_toml()
+
+
+def test_formulation(tmp_path):
+    """Plain GD's formulation is a [train] option, one value per sweep; "auto" by default.
+    "direct" also holds for the optax optimizers (they run only that one)."""
+    assert load_text(tmp_path, "").values["formulation"] == ("auto",)
+    sweep = load_text(tmp_path, '[train]\noptimizer = ["gd", "adam"]\nformulation = "direct"')
+    assert sweep.values["formulation"] == ("direct",) and sweep.axes == ["optimizer"]
+    assert 'formulation = "direct"' in sweep.to_toml()
 
 
 def test_types_are_normalized(tmp_path):
@@ -407,7 +425,7 @@ DEFAULTS = {
     "output_scale": "mean", "patch_pool": "sum", "init": "normal", "init_std": 0.01,
     "bias": False, "noise_orthogonal": False, "label_flip": 0.0, "signal_support": 1,
     "mask": "bernoulli", "nested": True, "optimizer": "gd", "dtype": "float32",
-    "matmul_precision": "float32",
+    "matmul_precision": "float32", "formulation": "auto",
 }
 
 KOU2023 = {

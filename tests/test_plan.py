@@ -101,6 +101,27 @@ def test_matmul_precision_reaches_the_program_and_the_plan():
     assert chunk_from_json(saved).static.matmul_precision == "float32"
 
 
+@pytest.mark.parametrize("formulation, kernel", [("auto", True), ("direct", False),
+                                                 ("kernel", True)])
+def test_formulation_reaches_the_program_and_the_plan(formulation, kernel):
+    """The sweep's ``formulation`` is every chunk's; at sizes where the kernel formulation pays
+    (n^2 <= 2d, steps >= n) "direct" turns it off, and the planner then counts no Gram
+    matrices: 2m n^2 floats a run, or 2m n (n + 1) / 2 as the CPU's triangles. A plan.json
+    written before the option existed reads as "auto"."""
+    sweep = tiny_sweep(data={"d": 200, "n": 10}, train={"steps": 40, "eval_every": 20,
+                                                         "formulation": formulation})
+    (chunk,) = plan_chunks(sweep.run_table(), memory_budget=2**33)
+    assert chunk.static.formulation == formulation and chunk.static.kernel_step == kernel
+    gram = run_bytes(chunk.static) - run_bytes(dataclasses.replace(chunk.static,
+                                                                  formulation="direct"))
+    m, n = 4, 10
+    assert gram == (2 * m * (n * (n + 1) // 2 if cpu_update.gram_triangles() else n * n) * 4
+                    if kernel else 0)
+    saved = chunk_to_json(chunk)
+    del saved["static"]["formulation"]
+    assert chunk_from_json(saved).static.formulation == "auto"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_group_bytes_are_one_seeds_arrays_and_the_accelerator_steps_noise_copy(dtype):
     """What the planner counts a seed is what ``make_groups`` returns for it plus the
