@@ -63,18 +63,19 @@ OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
             (".dylibs/libopenblas64_*", "cblas_sgemm64_"))
 
 
-def _l2_bytes(cpu: pathlib.Path = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
-    """One core's L2 cache in bytes (Linux's sysfs), clamped to 256 KiB-8 MiB; 512 KiB where
-    it is unknown (macOS, Windows)."""
+def cache_bytes(level: int, default: int, lowest: int, highest: int,
+                cpu: pathlib.Path = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The first core's cache of ``level`` in bytes (Linux's sysfs), clamped to
+    ``[lowest, highest]``; ``default`` where it is unknown (macOS, Windows)."""
     units = {"K": 1 << 10, "M": 1 << 20}
     for index in sorted(cpu.glob("index*")):
         try:
-            if (index / "level").read_text().strip() == "2":
+            if (index / "level").read_text().strip() == str(level):
                 size = (index / "size").read_text().strip()
-                return min(max(int(size[:-1]) * units[size[-1]], 1 << 18), 1 << 23)
+                return min(max(int(size[:-1]) * units[size[-1]], lowest), highest)
         except (OSError, ValueError, KeyError, IndexError):
             break
-    return 1 << 19
+    return default
 
 
 #: Bytes of W a block of rows of the native calls holds: twice one core's L2 cache, so that a
@@ -84,7 +85,7 @@ def _l2_bytes(cpu: pathlib.Path = pathlib.Path("/sys/devices/system/cpu/cpu0/cac
 #: L2, 2 MiB beat 512 KiB by 1.16-1.24x; on a 1 MiB L2 (AMD Zen 5, OpenBLAS's AVX-512
 #: kernels), 2 MiB beat 1 MiB by 1.03-1.04x (A/B medians) and 4 MiB matched 2 MiB (with its
 #: AVX2 kernels 1, 2 and 4 MiB all ran within 1 %).
-BLOCK_BYTES = 2 * _l2_bytes()
+BLOCK_BYTES = 2 * cache_bytes(2, 1 << 19, 1 << 18, 1 << 23)  # 256 KiB-8 MiB L2
 
 
 class Unavailable(Exception):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import pkgutil
 from typing import Any, NamedTuple
 
@@ -274,6 +275,14 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: (``benchmarks/eval_blocks.py``, ``benchmarks/RESULTS.md``, 2026-12-04).
 EVAL_BLOCK_BYTES = 1 << 22
 
+#: Bytes of Gram matrices of one block of runs of the kernel formulation on the CPU, which
+#: takes a segment's steps a block at a time (``_kernel_loop``): half the last-level cache
+#: (4-32 MiB; 16 MiB where it is unknown), so that a block's Gram matrices stay there from
+#: step to step. On a 32 MiB L3 (``benchmarks/RESULTS.md``, 2026-12-06, 15:00 UTC), 16 MiB
+#: blocks ran 1.37x (one run per seed) to 1.8-1.9x (one seed) as many run-steps a second as
+#: no blocks at the paper's sizes; 8 MiB and 32 MiB less.
+KERNEL_BLOCK_BYTES = cpu_update.cache_bytes(3, 32 << 20, 8 << 20, 64 << 20) // 2
+
 #: Block bytes of the GD update and the direct step on an accelerator: no blocks. Blocks are
 #: for the CPU's caches; on a GPU each is a kernel launch of its own, and with 1 MiB group
 #: blocks R = 4096 seeds at d = 1000 took 2,048 of them a step (4-5 % of the H200's float32
@@ -523,7 +532,8 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
              static: Static, gram: Gram | None = None,
              block_bytes: int = BLOCK_BYTES,
              group_block_bytes: int = GROUP_BLOCK_BYTES,
-             native: bool | None = None) -> TrainState:
+             native: bool | None = None,
+             kernel_block_bytes: int = KERNEL_BLOCK_BYTES) -> TrainState:
     """Plain GD of the chunk; ``native``: the direct step's products as ``cpu_update`` calls
     on the CPU (None: wherever they can run). The block sizes apply on the CPU; an
     accelerator runs unblocked (``UNBLOCKED``)."""
@@ -543,10 +553,12 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
         support_sum0 = _support_sum(w, static)
         start = _KernelCarry(jnp.zeros((S, G * 2 * m, n), w.dtype),
                              jnp.zeros((S, G * 2 * m, 1), w.dtype), b, diverged)
-        carry = jax.lax.fori_loop(
-            0, num_steps, lambda _, c: _kernel_step(c, gram, noise_proj0, support_sum0, params,
-                                                    groups.train, static),
-            start)
+        loop = functools.partial(_kernel_loop, gram=gram, noise_proj0=noise_proj0,
+                                 support_sum0=support_sum0, params=params, train=groups.train,
+                                 num_steps=num_steps, static=static)
+        carry = jax.lax.platform_dependent(
+            start, cpu=functools.partial(loop, block_bytes=kernel_block_bytes),
+            default=functools.partial(loop, block_bytes=UNBLOCKED))
         # XLA's update: once a segment its speed hardly matters, and the native call on the
         # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
         update = functools.partial(_blocked_update, static=static)
@@ -576,6 +588,57 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)
     return state._replace(net=Network(w.reshape(state.net.w.shape), b),
                           diverged=carry.diverged.reshape(-1))
+
+
+def _kernel_loop(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, params,
+                 train: Samples, num_steps, static: Static, block_bytes: int) -> _KernelCarry:
+    """``num_steps`` kernel steps, a block of runs at a time (about ``block_bytes`` of Gram
+    matrices): runs are independent, so a block can take all the segment's steps while its
+    Gram matrices stay in the last-level cache, instead of every step reading them all from
+    memory."""
+    S, G, m = static.groups, static.group_size, static.width
+    matrices = gram.matrices
+    gram_run_bytes = math.prod(matrices.shape[1:]) * matrices.dtype.itemsize // G
+    if S == 1:
+        # k runs of the group, whole sets of interleaved filters (L divides 2 m k): the most
+        # that fit, else the fewest.
+        per_set = 2 * m * G // matrices.shape[1]  # filters a row of `matrices` holds
+        sizes = [k for k in range(1, G + 1) if G % k == 0 and 2 * m * k % per_set == 0]
+        axis, k = 1, max([k for k in sizes if k * gram_run_bytes <= block_bytes],
+                         default=sizes[0])
+        unit = {"runs": k, "filters": 2 * m * k, "sets": 2 * m * k // per_set}
+    else:
+        axis, k = 0, _largest_divisor(S, block_bytes // (G * gram_run_bytes))
+        unit = {"runs": k, "filters": k, "sets": k}
+    count = (G if axis == 1 else S) // k
+
+    def steps(c, g, proj0, sum0, p, t, program):
+        return jax.lax.fori_loop(
+            0, num_steps, lambda _, x: _kernel_step(x, g, proj0, sum0, p, t, program), c)
+
+    if count == 1:
+        return steps(carry, gram, noise_proj0, support_sum0, params, train, static)
+    part = dataclasses.replace(static, **({"group_size": k} if axis == 1 else {"groups": k}))
+
+    def block(i, c: _KernelCarry) -> _KernelCarry:
+        # Each array is cut along ``axis`` by its runs' filters, its runs, or its runs' rows
+        # of interleaved triangles; the training set is a group's, cut only with groups.
+        cut = lambda kind: lambda a: jax.lax.dynamic_slice_in_dim(  # noqa: E731
+            a, i * unit[kind], unit[kind], axis)
+        put = lambda kind: lambda whole, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+            whole, x, i * unit[kind], axis)
+        by_filter, by_run = cut("filters"), lambda tree: jax.tree.map(cut("runs"), tree)
+        g = Gram(cut("sets")(gram.matrices), by_filter(gram.support_noise),
+                 by_filter(gram.support_count))
+        mine = steps(_KernelCarry(by_filter(c.a), by_filter(c.support), by_run(c.b),
+                                  by_run(c.diverged)),
+                     g, by_filter(noise_proj0), by_filter(support_sum0), by_run(params),
+                     train if axis == 1 else by_run(train), part)
+        return _KernelCarry(put("filters")(c.a, mine.a), put("filters")(c.support, mine.support),
+                            jax.tree.map(put("runs"), c.b, mine.b),
+                            put("runs")(c.diverged, mine.diverged))
+
+    return jax.lax.fori_loop(0, count, block, carry)
 
 
 def _optax_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,

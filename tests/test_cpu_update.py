@@ -210,6 +210,41 @@ def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
         np.testing.assert_allclose(runs[True].net.b, runs[False].net.b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("seeds, fractions, width", [(3, 3, 5), (1, 4, 2)])
+def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fractions,
+                                                                width):
+    """The kernel formulation on the CPU (Gram matrices as interleaved triangles) takes a
+    segment's steps a block of groups (3 seeds, 2 lanes) or of runs (1 seed of 4 runs of 4
+    filters, 8 lanes: blocks of 2 runs, the fewest that hold whole sets of lanes) at a time;
+    the weights and biases are those of all runs at once, to float32 rounding."""
+    raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
+                    model={"width": width, "bias": True},
+                    prune={"fraction": [0.0, 0.3, 0.6, 0.9][:fractions]},
+                    train={"formulation": "kernel"}, sweep={"seeds": seeds})
+    table = sweep_from_dict(raw).run_table()
+    (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
+    static = chunk.static
+    assert (static.groups, static.group_size) == (seeds, fractions) and static.kernel_step
+    ids = chunk.runs.reshape(-1)
+    params = jax.tree.map(jnp.asarray, run_params_from_table(
+        {k: v[ids] for k, v in table.columns.items()}, static.float_dtype))
+    groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
+    state0 = train.init_state(params, groups, static)
+    loop = jax.jit(train._gd_loop, static_argnames=("static", "kernel_block_bytes"))
+    runs = {}
+    for block_bytes in (1, train.UNBLOCKED):
+        args = (state0, params, groups, jnp.int32(30))
+        hlo = loop.lower(*args, static=static, kernel_block_bytes=block_bytes).as_text()
+        runs[block_bytes] = (hlo.count("stablehlo.while"),
+                             loop(*args, static=static, kernel_block_bytes=block_bytes).net)
+    (blocked_loops, blocked), (whole_loops, whole) = runs[1], runs[train.UNBLOCKED]
+    assert blocked_loops == whole_loops + 1  # the loop over blocks
+    assert np.abs(np.asarray(whole.w) - np.asarray(state0.net.w)).max() > 1e-2
+    # XLA may order a block's float32 sums otherwise than the whole chunk's (a few ulps).
+    np.testing.assert_allclose(blocked.w, whole.w, rtol=0, atol=1e-6 * np.abs(whole.w).max())
+    np.testing.assert_allclose(blocked.b, whole.b, rtol=0, atol=1e-6 * np.abs(whole.b).max())
+
+
 def test_native_update_is_not_used_for_float64():
     assert not cpu_update.available(np.float64)
 
@@ -271,7 +306,7 @@ def test_status_names_the_kernels_openblas_runs_and_who_chose_them(native, core)
     assert f"OpenBLAS ({core} kernels, OPENBLAS_CORETYPE={core.upper()})" in out, out
 
 
-def test_l2_bytes_are_one_cores_l2_cache(tmp_path):
+def test_cache_bytes_are_the_first_cores_cache_of_a_level(tmp_path):
     def cache(*levels_and_sizes):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         for i, (level, size) in enumerate(levels_and_sizes):
@@ -280,13 +315,15 @@ def test_l2_bytes_are_one_cores_l2_cache(tmp_path):
             (folder / f"index{i}" / "size").write_text(f"{size}\n")
         return folder
 
-    assert cpu_update._l2_bytes(cache((1, "48K"), (1, "32K"), (2, "2048K"), (3, "107520K"))) \
-        == 2 << 20
-    assert cpu_update._l2_bytes(cache((1, "32K"), (2, "512K"))) == 512 << 10
-    assert cpu_update._l2_bytes(cache((2, "32M"))) == 8 << 20  # clamped
-    assert cpu_update._l2_bytes(cache((2, "64K"))) == 256 << 10  # clamped
-    assert cpu_update._l2_bytes(cache((1, "32K"))) == 512 << 10  # no L2: the default
-    assert cpu_update._l2_bytes(tmp_path / "absent") == 512 << 10
+    l2 = functools.partial(cpu_update.cache_bytes, 2, 512 << 10, 256 << 10, 8 << 20)
+    xeon = cache((1, "48K"), (1, "32K"), (2, "2048K"), (3, "107520K"))
+    assert l2(cpu=xeon) == 2 << 20
+    assert cpu_update.cache_bytes(3, 0, 0, 1 << 30, cpu=xeon) == 107520 << 10
+    assert l2(cpu=cache((1, "32K"), (2, "512K"))) == 512 << 10
+    assert l2(cpu=cache((2, "32M"))) == 8 << 20  # clamped
+    assert l2(cpu=cache((2, "64K"))) == 256 << 10  # clamped
+    assert l2(cpu=cache((1, "32K"))) == 512 << 10  # no L2: the default
+    assert l2(cpu=tmp_path / "absent") == 512 << 10
 
 
 def test_native_calls_leave_numpys_blas_threads_as_they_were(native):

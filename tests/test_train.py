@@ -237,17 +237,19 @@ def test_a_run_does_not_depend_on_its_batch_or_layout(formulation):
 @pytest.mark.parametrize("formulation", ["direct", "kernel"])
 @pytest.mark.parametrize("block_bytes", [1, train.UNBLOCKED])
 def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation, block_bytes):
-    """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise), and the
-    direct step over blocks of groups; blocks smaller than a run's weights (one run, one group
-    a block) and no blocks at all (an accelerator's ``_unblocked_step``, the support folded
-    into both products) still give ``advance``'s numbers."""
+    """GD's update runs over W in blocks (of runs when S = 1, of groups otherwise), the
+    direct step over blocks of groups and the kernel formulation's steps over blocks of runs
+    or groups; blocks smaller than a run's weights (one run, one group a block) and no blocks
+    at all (an accelerator's ``_unblocked_step``, the support folded into both products) still
+    give ``advance``'s numbers."""
     _, table, _ = build(OPTION_SETS[name])
     chunk = plan_chunks(table, 2**34, max_runs=max_runs, max_buckets=1)[0]
     _, state, _ = run_batched(table, chunk, formulation=formulation)
     static = dataclasses.replace(chunk.static, formulation=formulation)
     _, params, groups = chunk_data(table, chunk, static)
     blocked = jax.jit(functools.partial(train._gd_loop, block_bytes=block_bytes,
-                                        group_block_bytes=block_bytes, native=False),
+                                        group_block_bytes=block_bytes, native=False,
+                                        kernel_block_bytes=block_bytes),
                       static_argnames="static")
     state0 = train.init_state(params, groups, static)
     small = blocked(state0, params, groups, jnp.int32(STEPS), static=static)
@@ -259,8 +261,8 @@ def test_gd_update_in_blocks_equals_one_block(name, max_runs, formulation, block
 @pytest.mark.parametrize("layout, n", [("seeds", 100), ("shared", 100), ("seeds", 10)])
 def test_an_accelerator_runs_each_step_unblocked(layout, n):
     """Lowered for a GPU, the step program has one loop, over the steps: no loop over blocks
-    of runs or groups inside a step (each block would be a kernel launch of its own). The
-    CPU's program keeps its blocks. n = 10 runs the kernel formulation."""
+    of runs or groups (each block would be a kernel launch of its own). The CPU's program
+    keeps its blocks. n = 10 runs the kernel formulation."""
     case = bench.Case("x", d=200, n=n, width=8, runs=64, layout=layout)
     static = bench.case_static(case, formulation="auto")
     params, seeds = bench.case_inputs(static)
@@ -271,7 +273,8 @@ def test_an_accelerator_runs_each_step_unblocked(layout, n):
 
     def loops(platform, block_bytes):
         steps = jax.jit(functools.partial(train._gd_loop, block_bytes=block_bytes,
-                                          group_block_bytes=block_bytes, native=False),
+                                          group_block_bytes=block_bytes, native=False,
+                                          kernel_block_bytes=block_bytes),
                         static_argnames="static")
         lowered = steps.trace(state, params, groups, jnp.int32(4), static=static,
                               gram=gram).lower(lowering_platforms=(platform,))
@@ -279,8 +282,9 @@ def test_an_accelerator_runs_each_step_unblocked(layout, n):
 
     assert loops("cuda", 1024) == 1
     # On the CPU one loop over blocks of groups (seeds) or runs (shared; the kernel
-    # formulation's update at the end of a segment) follows the steps' loop.
-    assert loops("cpu", 1024) == 2
+    # formulation's update at the end of a segment) follows the steps' loop; the kernel
+    # formulation's steps run inside a loop over blocks of runs or groups.
+    assert loops("cpu", 1024) == (3 if static.kernel_step else 2)
 
 
 def chunk_inputs(name, max_runs):
