@@ -588,14 +588,17 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
 
 
 def _gram_traffic_lines(result: dict) -> list[str]:
-    """The kernel formulation's rows against the machine's read bandwidth: its step reads
-    the Gram matrices once, so their bytes a step over its time is its memory traffic."""
+    """The kernel formulation's rows against the machine's read bandwidth from memory: its
+    step reads the Gram matrices once, so their bytes a step over its time is its traffic
+    (from the last-level cache where a block of runs fits there, so it may pass 100 %)."""
     rows = [r for r in result["cases"] if r.get("gram_bytes")]
     if not rows or "bandwidth" not in result:
         return []
     bw = result["bandwidth"]
     lines = ["", "The kernel formulation's step is bound by reading its Gram matrices, once a "
-             f"step. Read bandwidth (summing a {bw['start']['bytes'] / 2**30:g} GiB float32 "
+             "step; on the CPU a block of runs takes a segment's steps together, so that they "
+             "are read from the last-level cache where a block fits there. Read bandwidth from "
+             f"memory (summing a {bw['start']['bytes'] / 2**30:g} GiB float32 "
              "array: " + "; ".join(
                  f"{when} " + ", ".join(f"{k[:-5]} {v:.1f}" for k, v in bw[when].items()
                                        if k.endswith("_gbps") and k != "best_gbps")

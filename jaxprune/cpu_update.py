@@ -19,7 +19,8 @@ projections are its own kernel where that pays (``PROJECTIONS``; OpenBLAS's sgem
 thin product at 70-85 % of its square speed, the kernel at 95-98 %). ``symmetric_products``
 reads each K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters
 interleaved (``interleave``) so that it works on that many filters at once: the kernel
-formulation's step is bound by reading the K_f from memory.
+formulation's step is bound by reading the K_f (from the last-level cache, where
+``train._kernel_loop`` takes a block of runs through a segment's steps together).
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``$XDG_CACHE_HOME/jaxprune``, else ``~/.cache/jaxprune``),
 and calls the OpenBLAS that numpy's wheel ships.

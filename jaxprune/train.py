@@ -279,8 +279,8 @@ EVAL_BLOCK_BYTES = 1 << 22
 #: takes a segment's steps a block at a time (``_kernel_loop``): half the last-level cache
 #: (4-32 MiB; 16 MiB where it is unknown), so that a block's Gram matrices stay there from
 #: step to step. On a 32 MiB L3 (``benchmarks/RESULTS.md``, 2026-12-06, 15:00 UTC), 16 MiB
-#: blocks ran 1.37x (one run per seed) to 1.8-1.9x (one seed) as many run-steps a second as
-#: no blocks at the paper's sizes; 8 MiB and 32 MiB less.
+#: blocks ran 1.2-1.4x (one run per seed) to 1.8-1.9x (one seed) as many run-steps a second
+#: as no blocks at the paper's sizes; 8 MiB and 32 MiB less.
 KERNEL_BLOCK_BYTES = cpu_update.cache_bytes(3, 32 << 20, 8 << 20, 64 << 20) // 2
 
 #: Block bytes of the GD update and the direct step on an accelerator: no blocks. Blocks are
