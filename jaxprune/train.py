@@ -309,7 +309,7 @@ class Gram(NamedTuple):
     fix, so one chunk's run can build it once: ``(S, F, ...)`` in the GEMM layout."""
 
     matrices: jax.Array  # K_f = Z diag(M_f) Z^T: (S, F, n, n), or for the native products
-    #                      upper triangles (S, F / L, n (n + 1) / 2, L) (``_packed_gram``)
+    #                      upper triangles (S / g, g F / L, n (n + 1) / 2, L) (``_gram``)
     support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
     support_count: jax.Array  # (S, F): |M_f 1_S|
 
@@ -469,26 +469,37 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     """Gram matrices (per group, ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z_i * z_j``
     over all k = n^2 pairs, or the k = n (n + 1) / 2 pairs i <= j where ``packed`` (then
     ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
-    exists)."""
+    exists). Where a group's F filters fill fewer than ``cpu_update.LANES`` lanes, g groups
+    share each set of lanes (the native products read the S F filters in order, a set at a
+    time; with 4 lanes instead of 8 they ran 1.5x slower): ``(S / g, g F / L, k, L)``."""
     n, d, s = static.n, static.d, static.signal_support
-    F = mask.shape[1]
+    S, F = mask.shape[:2]
     L = cpu_update.lanes(F) if packed else 1  # blocks of whole sets of interleaved filters
+    g = math.gcd(S, cpu_update.LANES // L) if packed else 1  # groups sharing sets of lanes
     rows = L * _largest_divisor(F // L, block_bytes // (L * d * z.dtype.itemsize))
     i, j = cpu_update.pack_upper(n) if packed else np.indices((n, n)).reshape(2, -1)
 
-    def block(m, outer):
+    def block(m, outer, interleave: bool):
         k = jnp.einsum("fd,kd->fk", m.astype(outer.dtype), outer)
-        return cpu_update.interleave(k) if packed else k.reshape(-1, n, n)
+        if not packed:
+            return k.reshape(-1, n, n)
+        return cpu_update.interleave(k) if interleave else k
 
-    def one_group(group):
+    def one_group(group, interleave: bool = g == 1):
         z, mask = group
         outer = z[i] * z[j]
-        blocks = jax.lax.map(lambda m: block(m, outer), mask.reshape(F // rows, rows, d))
+        blocks = jax.lax.map(lambda m: block(m, outer, interleave),
+                             mask.reshape(F // rows, rows, d))
         return blocks.reshape((-1,) + blocks.shape[2:])
 
+    def shared_lanes(groups):  # g groups' triangles (g, F, k), interleaved together
+        return cpu_update.interleave(jax.lax.map(one_group, groups).reshape(g * F, -1))
+
+    by_sets = lambda a: a.reshape((S // g, g) + a.shape[1:])  # noqa: E731
+    matrices = (jax.lax.map(one_group, (z, mask)) if g == 1
+                else jax.lax.map(shared_lanes, (by_sets(z), by_sets(mask))))
     keep = mask[..., :s].astype(z.dtype)
-    return Gram(jax.lax.map(one_group, (z, mask)),
-                jnp.einsum("sfd,snd->sfn", keep, z[..., :s]), jnp.sum(keep, axis=-1))
+    return Gram(matrices, jnp.einsum("sfd,snd->sfn", keep, z[..., :s]), jnp.sum(keep, axis=-1))
 
 
 def _full_gram_products(matrices, a):
@@ -598,18 +609,21 @@ def _kernel_loop(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, par
     memory."""
     S, G, m = static.groups, static.group_size, static.width
     matrices = gram.matrices
-    gram_run_bytes = math.prod(matrices.shape[1:]) * matrices.dtype.itemsize // G
+    gram_run_bytes = matrices.size * matrices.dtype.itemsize // (S * G)
+    # Blocks of k runs of the group (S = 1) or k groups, of whole rows of ``matrices``: whole
+    # sets of interleaved filters. The most that fit, else the fewest.
     if S == 1:
-        # k runs of the group, whole sets of interleaved filters (L divides 2 m k): the most
-        # that fit, else the fewest.
         per_set = 2 * m * G // matrices.shape[1]  # filters a row of `matrices` holds
-        sizes = [k for k in range(1, G + 1) if G % k == 0 and 2 * m * k % per_set == 0]
-        axis, k = 1, max([k for k in sizes if k * gram_run_bytes <= block_bytes],
-                         default=sizes[0])
-        unit = {"runs": k, "filters": 2 * m * k, "sets": 2 * m * k // per_set}
+        axis, total, unit_bytes = 1, G, gram_run_bytes
+        whole = lambda k: 2 * m * k % per_set == 0  # noqa: E731
     else:
-        axis, k = 0, _largest_divisor(S, block_bytes // (G * gram_run_bytes))
-        unit = {"runs": k, "filters": k, "sets": k}
+        per_row = S // matrices.shape[0]  # groups a row of `matrices` holds
+        axis, total, unit_bytes = 0, S, G * gram_run_bytes
+        whole = lambda k: k % per_row == 0  # noqa: E731
+    sizes = [k for k in range(1, total + 1) if total % k == 0 and whole(k)]
+    k = max([k for k in sizes if k * unit_bytes <= block_bytes], default=sizes[0])
+    unit = ({"runs": k, "filters": 2 * m * k, "sets": 2 * m * k // per_set} if axis == 1
+            else {"runs": k, "filters": k, "sets": k // per_row})
     count = (G if axis == 1 else S) // k
 
     def steps(c, g, proj0, sum0, p, t, program):
