@@ -3,6 +3,7 @@ and a float64 numpy computation, and their fallbacks."""
 
 import dataclasses
 import functools
+import math
 import os
 import platform
 import shutil
@@ -232,6 +233,9 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
         {k: v[ids] for k, v in table.columns.items()}, static.float_dtype))
     groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
     state0 = train.init_state(params, groups, static)
+    # Sets of 8 lanes wherever the chunk's S F filters allow them.
+    lanes = train.build_gram(state0.mask, groups, static).matrices.shape[-1]
+    assert lanes == math.gcd(seeds * fractions * 2 * width, cpu_update.LANES)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native", "kernel_block_bytes"))
     runs = {}
     for native, block_bytes in ((True, 1), (True, train.UNBLOCKED), (False, train.UNBLOCKED)):
