@@ -309,7 +309,7 @@ class Gram(NamedTuple):
     fix, so one chunk's run can build it once: ``(S, F, ...)`` in the GEMM layout."""
 
     matrices: jax.Array  # K_f = Z diag(M_f) Z^T: (S, F, n, n), or for the native products
-    #                      upper triangles (S / g, g F / L, n (n + 1) / 2, L) (``_gram``)
+    #                      upper triangles (S / g, F / L, n (n + 1) / 2, g L) (``_gram``)
     support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
     support_count: jax.Array  # (S, F): |M_f 1_S|
 
@@ -471,7 +471,7 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
     exists). Where a group's F filters fill fewer than ``cpu_update.LANES`` lanes, g groups
     share each set of lanes (the native products read the S F filters in order, a set at a
-    time; with 4 lanes instead of 8 they ran 1.5x slower): ``(S / g, g F / L, k, L)``."""
+    time; with 4 lanes instead of 8 they ran 1.5x slower): ``(S / g, F / L, k, g L)``."""
     n, d, s = static.n, static.d, static.signal_support
     S, F = mask.shape[:2]
     L = cpu_update.lanes(F) if packed else 1  # blocks of whole sets of interleaved filters
@@ -479,17 +479,16 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     rows = L * _largest_divisor(F // L, block_bytes // (L * d * z.dtype.itemsize))
     i, j = cpu_update.pack_upper(n) if packed else np.indices((n, n)).reshape(2, -1)
 
-    def block(m, outer, interleave: bool):
+    def block(m, outer):
         k = jnp.einsum("fd,kd->fk", m.astype(outer.dtype), outer)
         if not packed:
             return k.reshape(-1, n, n)
-        return cpu_update.interleave(k) if interleave else k
+        return cpu_update.interleave(k) if g == 1 else k  # else interleaved with g groups
 
-    def one_group(group, interleave: bool = g == 1):
+    def one_group(group):
         z, mask = group
         outer = z[i] * z[j]
-        blocks = jax.lax.map(lambda m: block(m, outer, interleave),
-                             mask.reshape(F // rows, rows, d))
+        blocks = jax.lax.map(lambda m: block(m, outer), mask.reshape(F // rows, rows, d))
         return blocks.reshape((-1,) + blocks.shape[2:])
 
     def shared_lanes(groups):  # g groups' triangles (g, F, k), interleaved together
