@@ -428,8 +428,9 @@ __attribute__((target("avx2"))) void SymmetricLanesAvx2(
 #endif
 
 // The kernel for L lanes, or nullptr for an L it is not built for. Eight lanes fill one AVX2
-// vector: that build ran the step 1.05x faster; with 4 lanes (100 filters a group) it ran
-// 0.53x as fast as the baseline build, so the others keep it (``benchmarks/RESULTS.md``).
+// vector: that build ran the step 1.05x faster; with 4 lanes it ran 0.53x as fast as the
+// baseline build, so the others keep it (``benchmarks/RESULTS.md``). ``train._gram`` gives
+// a chunk 8 lanes wherever its S F filters allow.
 SymmetricKernel SymmetricFor(int64_t lanes) {
   switch (lanes) {
     case 1: return SymmetricLanes<1>;

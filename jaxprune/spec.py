@@ -93,7 +93,9 @@ class Static:
 
 #: Where the CPU reads the Gram matrices as triangles, the kernel step pays from d = this
 #: many times n: at d / n = 5 / 6.7 / 8.3 / 10 / 20 it ran 1.13 / 1.28 / 1.61 / 1.53-2.01 /
-#: 2.9-4.1x as many run-steps a second as the direct step (``benchmarks/RESULTS.md``).
+#: 2.9-4.1x as many run-steps a second as the direct step; since its steps run in blocks of
+#: runs held in the last-level cache, 0.90 / 1.18-1.21x at d / n = 4 / 5, and 2.1-6.7x at
+#: 10 and 20 (``benchmarks/RESULTS.md``, 2026-12-06).
 KERNEL_MIN_D_PER_N = 6
 
 
