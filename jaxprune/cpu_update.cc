@@ -369,14 +369,68 @@ struct RowBlocks {
   }
 };
 
+// L floats as one vector (GCC's vector extension: one register where the target has one
+// that wide, else as many as it takes), read and written unaligned through At.
+template <int L>
+struct Lanes {
+  typedef float Vector __attribute__((vector_size(4 * L), aligned(4)));
+  static Vector& At(float* p) { return *reinterpret_cast<Vector*>(p); }
+  static const Vector& At(const float* p) { return *reinterpret_cast<const Vector*>(p); }
+};
+
+// Rows i0 .. i0 + B - 1 of the L interleaved triangles (see SymmetricBody), `upper` at row
+// i0's first entry: first each row's entries inside the block, row by row, then the columns
+// past the block for the B rows at once, so that yt[j] is read and written once per B rows
+// and the B dot products are B chains of adds that run side by side (with one row at a time
+// the loop waited on its one chain; 4 rows at a time ran the kernel formulation's step
+// 1.09-1.15x faster, ``benchmarks/RESULTS.md``). Every sum is formed in the order of one row
+// at a time: the same numbers for any B.
+template <int L, int B>
+inline __attribute__((always_inline)) void SymmetricRows(
+    const float* __restrict__ upper, int64_t i0, int64_t n, const float* __restrict__ at,
+    float* __restrict__ yt) {
+  using V = Lanes<L>;
+  const float* row[B];  // row[r] + j * L: K[i0 + r, j] of the L matrices, for j >= i0 + r
+  typename V::Vector a_i[B], dot[B];
+  for (int r = 0; r < B; ++r) {
+    row[r] = upper - (i0 + r) * L;
+    upper += (n - i0 - r) * L;
+  }
+  for (int r = 0; r < B; ++r) {
+    const int64_t i = i0 + r;
+    a_i[r] = V::At(at + i * L);
+    dot[r] = V::At(row[r] + i * L) * a_i[r];
+    for (int64_t j = i + 1; j < i0 + B; ++j) {
+      const auto k = V::At(row[r] + j * L);
+      V::At(yt + j * L) += k * a_i[r];
+      dot[r] += k * V::At(at + j * L);
+    }
+  }
+  for (int64_t j = i0 + B; j < n; ++j) {
+    auto sum = V::At(yt + j * L);
+    const auto a_j = V::At(at + j * L);
+    for (int r = 0; r < B; ++r) {
+      const auto k = V::At(row[r] + j * L);
+      sum += k * a_i[r];
+      dot[r] += k * a_j;
+    }
+    V::At(yt + j * L) = sum;
+  }
+  for (int r = 0; r < B; ++r) {
+    V::At(yt + (i0 + r) * L) += dot[r];
+  }
+}
+
 // y_l = K_l a_l for L symmetric n x n matrices K_l given by their upper triangles, row by row
 // (K[0, 0..n-1], K[1, 1..n-1], ...) with the L matrices' entries interleaved (entry e of K_l
 // at upper[e * L + l]): each stored entry is read once and serves K[i, j] and K[j, i], so the
 // product reads half the bytes of the full matrices (the kernel formulation's step reads
 // nothing else from memory), and every operation is on L lanes at once, whatever the length
 // of the triangle's row (one matrix at a time, along those short rows, the product ran
-// 1.2-1.3x slower: ``benchmarks/RESULTS.md``).
+// 1.2-1.3x slower: ``benchmarks/RESULTS.md``). Rows go kSymmetricRows at a time.
 // a, y: (L, n) as the filters' rows; at, yt: scratch of n * L floats, the same transposed.
+constexpr int kSymmetricRows = 4;
+
 template <int L>
 inline __attribute__((always_inline)) void SymmetricBody(
     const float* __restrict__ upper, const float* __restrict__ a, float* __restrict__ y,
@@ -385,24 +439,17 @@ inline __attribute__((always_inline)) void SymmetricBody(
     for (int l = 0; l < L; ++l) at[i * L + l] = a[l * n + i];
   }
   std::fill_n(yt, n * L, 0.0f);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* row = upper - i * L;  // row[j * L + l] = K_l[i, j] for j >= i
-    float a_i[L], dot[L];
-    for (int l = 0; l < L; ++l) {
-      a_i[l] = at[i * L + l];
-      dot[l] = row[i * L + l] * a_i[l];
-    }
-    for (int64_t j = i + 1; j < n; ++j) {
-      for (int l = 0; l < L; ++l) {
-        yt[j * L + l] += row[j * L + l] * a_i[l];
-        dot[l] += row[j * L + l] * at[j * L + l];
-      }
-    }
-    for (int l = 0; l < L; ++l) yt[i * L + l] += dot[l];
+  int64_t i = 0;
+  for (; i + kSymmetricRows <= n; i += kSymmetricRows) {
+    SymmetricRows<L, kSymmetricRows>(upper, i, n, at, yt);
+    upper += (kSymmetricRows * (n - i) - kSymmetricRows * (kSymmetricRows - 1) / 2) * L;
+  }
+  for (; i < n; ++i) {
+    SymmetricRows<L, 1>(upper, i, n, at, yt);
     upper += (n - i) * L;
   }
-  for (int64_t i = 0; i < n; ++i) {
-    for (int l = 0; l < L; ++l) y[l * n + i] = yt[i * L + l];
+  for (int64_t j = 0; j < n; ++j) {
+    for (int l = 0; l < L; ++l) y[l * n + j] = yt[j * L + l];
   }
 }
 

@@ -162,6 +162,20 @@ def test_native_symmetric_products_equal_float64(native, S, F, n):
         np.testing.assert_allclose(xla, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
 
+def test_native_symmetric_products_are_the_same_numbers_at_every_lane_count(native):
+    """The kernels for 1, 2, 4 and 8 lanes do the same operations in the same order per
+    filter, so a chunk's numbers do not depend on the CPU's vector width; rows of the
+    triangles go 4 at a time, so n = 50 also takes the last 2 one at a time."""
+    k, a = symmetric_inputs(1, 16, 50, seed=1)
+    upper = k[(..., *cpu_update.pack_upper(50))]
+    products = {}
+    for L in (1, 2, 4, 8):
+        lanes = jnp.swapaxes(upper.reshape(1, 16 // L, L, -1), -1, -2)
+        products[L] = np.asarray(cpu_update.symmetric_products(lanes, a))
+    for L, got in products.items():
+        np.testing.assert_array_equal(got, products[1], err_msg=f"{L} lanes")
+
+
 def test_native_symmetric_products_name_a_wrong_layout(native):
     k, a = symmetric_inputs(1, 6, 4)
     upper = k[(..., *cpu_update.pack_upper(4))]
