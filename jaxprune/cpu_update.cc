@@ -453,9 +453,10 @@ inline __attribute__((always_inline)) void SymmetricBody(
   }
 }
 
-// SymmetricBody compiled for the build's baseline (SSE2 on x86-64), and for AVX2, whose
-// 8-float vectors hold the 8 lanes in one register (the same operations in the same order,
-// so the same numbers: the build does not contract into FMAs).
+// SymmetricBody compiled for the build's baseline (SSE2 on x86-64), for AVX2, whose 8-float
+// vectors hold 8 lanes in one register, and for AVX-512, whose 16-float ones hold 16: the
+// same operations in the same order, so the same numbers (the build does not contract them
+// into FMAs: -ffp-contract=off).
 template <int L>
 void SymmetricLanes(const float* __restrict__ upper, const float* __restrict__ a,
                     float* __restrict__ y, int64_t n, float* __restrict__ at,
@@ -472,12 +473,23 @@ __attribute__((target("avx2"))) void SymmetricLanesAvx2(
     int64_t n, float* __restrict__ at, float* __restrict__ yt) {
   SymmetricBody<L>(upper, a, y, n, at, yt);
 }
+
+template <int L>
+JAXPRUNE_AVX512 void SymmetricLanesAvx512(
+    const float* __restrict__ upper, const float* __restrict__ a, float* __restrict__ y,
+    int64_t n, float* __restrict__ at, float* __restrict__ yt) {
+  SymmetricBody<L>(upper, a, y, n, at, yt);
+}
 #endif
+
+// The most lanes a kernel of this CPU fills one vector with (``cpu_update.vector_lanes``).
+int64_t VectorLanes() { return OwnKernelRuns() ? 16 : 8; }
 
 // The kernel for L lanes, or nullptr for an L it is not built for. Eight lanes fill one AVX2
 // vector: that build ran the step 1.05x faster; with 4 lanes it ran 0.53x as fast as the
-// baseline build, so the others keep it (``benchmarks/RESULTS.md``). ``train._gram`` gives
-// a chunk 8 lanes wherever its S F filters allow.
+// baseline build, so the others keep it. Sixteen fill an AVX-512 vector: the step ran
+// 1.13x faster than with 8 (``benchmarks/RESULTS.md``). ``train._gram`` gives a chunk
+// VectorLanes() lanes wherever its S F filters allow.
 SymmetricKernel SymmetricFor(int64_t lanes) {
   switch (lanes) {
     case 1: return SymmetricLanes<1>;
@@ -485,6 +497,7 @@ SymmetricKernel SymmetricFor(int64_t lanes) {
     case 4: return SymmetricLanes<4>;
 #if defined(__x86_64__)
     case 8: return __builtin_cpu_supports("avx2") ? SymmetricLanesAvx2<8> : SymmetricLanes<8>;
+    case 16: return OwnKernelRuns() ? SymmetricLanesAvx512<16> : nullptr;
 #else
     case 8: return SymmetricLanes<8>;
 #endif
@@ -573,7 +586,8 @@ ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   const SymmetricKernel kernel = SymmetricFor(lanes);
   if (kernel == nullptr || upper.element_count() != filters * packed) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "jaxprune: K must be (S, F / L, n (n + 1) / 2, L), L = 1, 2, 4 or 8, "
+                      "jaxprune: K must be (S, F / L, n (n + 1) / 2, L), L = 1, 2, 4, 8 or "
+                      "(with AVX-512) 16, "
                       "for A (S, F, n)");
   }
   const float* k = upper.typed_data();
@@ -599,6 +613,9 @@ ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
 
 // Whether ProjectRows runs on this CPU (AVX-512).
 extern "C" int jaxprune_own_projection() { return OwnKernelRuns(); }
+
+// The most lanes symmetric_products reads at once on this CPU.
+extern "C" int jaxprune_vector_lanes() { return static_cast<int>(VectorLanes()); }
 
 // The own kernel on the calling thread, for benchmarks/thin_products.py: zt (16 floor(n / 16)
 // x d floats) = Z packed, then p (count, n) = c (count, d) Z^T; zeros: d zeros.

@@ -17,7 +17,7 @@ W, then the mask and the projections, in blocks of rows that stay near the core 
 L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. On AVX-512 CPUs the
 projections are its own kernel where that pays (``PROJECTIONS``; OpenBLAS's sgemm ran this
 thin product at 70-85 % of its square speed, the kernel at 95-98 %). ``symmetric_products``
-reads each K_f as its upper triangle only (``pack_upper``), those of ``LANES`` filters
+reads each K_f as its upper triangle only (``pack_upper``), those of ``vector_lanes()`` filters
 interleaved (``interleave``) so that it works on that many filters at once: the kernel
 formulation's step is bound by reading the K_f (from the last-level cache, where
 ``train._kernel_loop`` takes a block of runs through a segment's steps together).
@@ -49,13 +49,15 @@ import jaxlib
 import numpy as np
 
 __all__ = ["available", "status", "gram_triangles", "update_and_project", "projections",
-           "LANES", "pack_upper", "lanes", "interleave", "deinterleave", "symmetric_products"]
+           "vector_lanes", "pack_upper", "lanes", "interleave", "deinterleave",
+           "symmetric_products"]
 
 #: The custom calls of ``cpu_update.cc``.
 TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
-#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits.
-FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing")
+#: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
+#: -ffp-contract=off so that ``symmetric_products`` gives the same numbers on every CPU.
+FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing", "-ffp-contract=off")
 #: (file pattern under numpy's folder, cblas_sgemm symbol) of the ILP64 OpenBLAS numpy wheels
 #: ship: numpy >= 2 (scipy-openblas) and numpy 1.26.
 OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
@@ -264,8 +266,13 @@ def projections(w, z, block_bytes: int = BLOCK_BYTES, projection: str = "auto") 
                                                projection=np.int64(PROJECTIONS[projection]))
 
 
-#: Filters whose triangles ``symmetric_products`` reads interleaved (one 8-float vector).
-LANES = 8
+@functools.cache
+def vector_lanes() -> int:
+    """Filters whose triangles ``symmetric_products`` reads interleaved, one vector of floats:
+    16 where the CPU has AVX-512, else 8 (AVX2; also where the native products do not run)."""
+    if not available():
+        return 8
+    return int(ctypes.CDLL(str(_build())).jaxprune_vector_lanes())
 
 
 def pack_upper(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,9 +282,9 @@ def pack_upper(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lanes(filters: int) -> int:
-    """Filters interleaved in the triangles of ``filters`` filters: ``LANES``, or the largest
-    power of 2 under it that divides ``filters``."""
-    return math.gcd(filters, LANES)
+    """Filters interleaved in the triangles of ``filters`` filters: ``vector_lanes()``, or the
+    largest power of 2 under it that divides ``filters``."""
+    return math.gcd(filters, vector_lanes())
 
 
 def interleave(upper) -> jax.Array:

@@ -469,13 +469,14 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     """Gram matrices (per group, ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z_i * z_j``
     over all k = n^2 pairs, or the k = n (n + 1) / 2 pairs i <= j where ``packed`` (then
     ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
-    exists). Where a group's F filters fill fewer than ``cpu_update.LANES`` lanes, g groups
-    share each set of lanes (the native products read the S F filters in order, a set at a
-    time; with 4 lanes instead of 8 they ran 1.5x slower): ``(S / g, F / L, k, g L)``."""
+    exists). Where a group's F filters fill fewer than ``cpu_update.vector_lanes()`` lanes,
+    g groups share each set of lanes (the native products read the S F filters in order, a
+    set at a time; with 4 lanes instead of 8 they ran 1.5x slower): ``(S / g, F / L, k, g L)``.
+    """
     n, d, s = static.n, static.d, static.signal_support
     S, F = mask.shape[:2]
     L = cpu_update.lanes(F) if packed else 1  # blocks of whole sets of interleaved filters
-    g = math.gcd(S, cpu_update.LANES // L) if packed else 1  # groups sharing sets of lanes
+    g = math.gcd(S, cpu_update.vector_lanes() // L) if packed else 1  # groups sharing lanes
     rows = L * _largest_divisor(F // L, block_bytes // (L * d * z.dtype.itemsize))
     i, j = cpu_update.pack_upper(n) if packed else np.indices((n, n)).reshape(2, -1)
 

@@ -141,17 +141,17 @@ def symmetric_inputs(S, F, n, seed=0):
             rng.standard_normal((S, F, n)).astype(np.float32))
 
 
-# Filters of n = 1; F = 5 and 3 interleave 1 filter, 6 two, 300 four, 40 and 1000 eight (1000
-# and 600 filters make many of the call's blocks); n = 50 and 100 are the kernel formulation's
-# sizes, no multiple of a vector width.
+# Filters of n = 1; F = 5 and 3 interleave 1 filter, 6 two, 300 four, 40 and 1000 eight, 32
+# sixteen where the CPU has AVX-512 (1000 and 600 filters make many of the call's blocks);
+# n = 50 and 100 are the kernel formulation's sizes, no multiple of a vector width.
 @pytest.mark.parametrize("S, F, n", [(1, 5, 1), (2, 6, 9), (2, 300, 7), (3, 40, 50),
-                                     (1, 1000, 50), (1, 3, 100)])
+                                     (1, 1000, 50), (2, 32, 50), (1, 3, 100)])
 def test_native_symmetric_products_equal_float64(native, S, F, n):
     k, a = symmetric_inputs(S, F, n)
     exact = np.einsum("sfij,sfj->sfi", k.astype(np.float64), a)
     upper = k[(..., *cpu_update.pack_upper(n))]
     lanes = cpu_update.interleave(upper)
-    L = {5: 1, 3: 1, 6: 2, 300: 4}.get(F, 8)
+    L = {5: 1, 3: 1, 6: 2, 300: 4, 32: cpu_update.vector_lanes()}.get(F, 8)
     assert lanes.shape == (S, F // L, n * (n + 1) // 2, L)
     np.testing.assert_array_equal(lanes[:, 1, :, L - 1], upper[:, 2 * L - 1])
     np.testing.assert_array_equal(cpu_update.deinterleave(lanes), upper)
@@ -163,15 +163,16 @@ def test_native_symmetric_products_equal_float64(native, S, F, n):
 
 
 def test_native_symmetric_products_are_the_same_numbers_at_every_lane_count(native):
-    """The kernels for 1, 2, 4 and 8 lanes do the same operations in the same order per
-    filter, so a chunk's numbers do not depend on the CPU's vector width; rows of the
-    triangles go 4 at a time, so n = 50 also takes the last 2 one at a time."""
+    """The kernels for 1, 2, 4, 8 and (with AVX-512) 16 lanes do the same operations in the
+    same order per filter, so a chunk's numbers do not depend on the CPU's vector width; rows
+    of the triangles go 4 at a time, so n = 50 also takes the last 2 one at a time."""
     k, a = symmetric_inputs(1, 16, 50, seed=1)
     upper = k[(..., *cpu_update.pack_upper(50))]
     products = {}
-    for L in (1, 2, 4, 8):
+    for L in (1, 2, 4, 8, 16)[:cpu_update.vector_lanes().bit_length()]:
         lanes = jnp.swapaxes(upper.reshape(1, 16 // L, L, -1), -1, -2)
         products[L] = np.asarray(cpu_update.symmetric_products(lanes, a))
+    assert len(products) == cpu_update.vector_lanes().bit_length()
     for L, got in products.items():
         np.testing.assert_array_equal(got, products[1], err_msg=f"{L} lanes")
 
@@ -179,7 +180,7 @@ def test_native_symmetric_products_are_the_same_numbers_at_every_lane_count(nati
 def test_native_symmetric_products_name_a_wrong_layout(native):
     k, a = symmetric_inputs(1, 6, 4)
     upper = k[(..., *cpu_update.pack_upper(4))]
-    with pytest.raises(Exception, match=r"L = 1, 2, 4 or 8"):
+    with pytest.raises(Exception, match=r"L = 1, 2, 4, 8 or"):
         jax.block_until_ready(cpu_update.symmetric_products(upper.reshape(1, 2, 10, 3), a))
 
 
@@ -225,18 +226,18 @@ def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
         np.testing.assert_allclose(runs[True].net.b, runs[False].net.b, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("seeds, fractions, width", [(3, 3, 5), (1, 4, 2), (8, 1, 5)])
+@pytest.mark.parametrize("seeds, fractions, width", [(3, 3, 5), (1, 8, 2), (16, 1, 5)])
 def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fractions,
                                                                 width):
     """The kernel formulation on the CPU (Gram matrices as interleaved triangles) takes a
     segment's steps a block at a time: of groups (3 seeds of 30 filters, 2 lanes), of runs
-    (1 seed of 4 runs of 4 filters, 8 lanes: blocks of 2 runs, the fewest that hold whole
-    sets of lanes), or of groups that share their sets of lanes (8 seeds of 10 filters: 4
-    groups a set of 8 lanes, so blocks of 4 groups). The weights and biases are those of all
-    runs at once to float32 rounding, and those of XLA's products of the full matrices."""
+    (1 seed of 8 runs of 4 filters, 16 or 8 lanes: blocks of 4 or 2 runs, the fewest that
+    hold whole sets of lanes), or of groups that share their sets of lanes (16 seeds of 10
+    filters: 8 or 4 groups a set, so blocks of as many). The weights and biases are those of
+    all runs at once to float32 rounding, and those of XLA's products of the full matrices."""
     raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
                     model={"width": width, "bias": True},
-                    prune={"fraction": [0.0, 0.3, 0.6, 0.9][:fractions]},
+                    prune={"fraction": [i / 10 for i in range(fractions)]},
                     train={"formulation": "kernel"}, sweep={"seeds": seeds})
     table = sweep_from_dict(raw).run_table()
     (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
@@ -247,9 +248,9 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
         {k: v[ids] for k, v in table.columns.items()}, static.float_dtype))
     groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]), static)
     state0 = train.init_state(params, groups, static)
-    # Sets of 8 lanes wherever the chunk's S F filters allow them.
+    # Sets of a vector's lanes wherever the chunk's S F filters allow them.
     lanes = train.build_gram(state0.mask, groups, static).matrices.shape[-1]
-    assert lanes == math.gcd(seeds * fractions * 2 * width, cpu_update.LANES)
+    assert lanes == math.gcd(seeds * fractions * 2 * width, cpu_update.vector_lanes())
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native", "kernel_block_bytes"))
     runs = {}
     for native, block_bytes in ((True, 1), (True, train.UNBLOCKED), (False, train.UNBLOCKED)):
