@@ -172,7 +172,6 @@ def test_native_symmetric_products_are_the_same_numbers_at_every_lane_count(nati
     for L in (1, 2, 4, 8, 16)[:cpu_update.vector_lanes().bit_length()]:
         lanes = jnp.swapaxes(upper.reshape(1, 16 // L, L, -1), -1, -2)
         products[L] = np.asarray(cpu_update.symmetric_products(lanes, a))
-    assert len(products) == cpu_update.vector_lanes().bit_length()
     for L, got in products.items():
         np.testing.assert_array_equal(got, products[1], err_msg=f"{L} lanes")
 
