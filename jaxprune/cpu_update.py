@@ -181,7 +181,9 @@ def _register() -> str:
     kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
     own = ("; W Z^T by its own AVX-512 kernel where it pays"
            if lib.jaxprune_own_projection() else "")
-    return f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}, built at {path}"
+    lanes = f"; Gram matrices read {lib.jaxprune_vector_lanes()} filters at a time"
+    return (f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}{lanes}, "
+            f"built at {path}")
 
 
 @functools.cache

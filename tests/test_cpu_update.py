@@ -325,6 +325,8 @@ def test_status_names_the_kernels_openblas_runs_and_who_chose_them(native, core)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert f"OpenBLAS ({core} kernels, OPENBLAS_CORETYPE={core.upper()})" in out, out
+    # The kernel formulation's products check the CPU, not the variable.
+    assert f"read {cpu_update.vector_lanes()} filters at a time" in out, out
 
 
 def test_cache_bytes_are_the_first_cores_cache_of_a_level(tmp_path):
