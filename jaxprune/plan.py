@@ -97,12 +97,13 @@ def run_bytes(static: Static) -> int:
 
 
 def _gram_bytes(static: Static) -> int:
-    """A run's Gram matrices: none in the direct formulation; upper triangles where the CPU's
-    native products read them, else full."""
+    """A run's Gram matrices, of the noise with the support's indicator (``n + 1`` rows): none
+    in the direct formulation; upper triangles where the CPU's native products read them, else
+    full."""
     if not static.kernel_step:
         return 0
-    n = static.n
-    per_filter = n * (n + 1) // 2 if cpu_update.gram_triangles(static.float_dtype) else n * n
+    k = static.n + 1
+    per_filter = k * (k + 1) // 2 if cpu_update.gram_triangles(static.float_dtype) else k * k
     return 2 * static.width * per_filter * static.float_dtype.itemsize
 
 

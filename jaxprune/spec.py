@@ -101,10 +101,10 @@ KERNEL_MIN_D_PER_N = 6
 
 def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
     """Whether the kernel formulation trains faster than the direct step. Its step reads the
-    n x n Gram matrix of each filter (memory bound) where the direct one multiplies by d
-    columns (4 n d FLOPs a filter), and building the Gram matrices once costs some direct
-    steps. So: where they are at most twice the weights (``n^2 <= 2 d``) and ``steps >= n``;
-    or, read as ``triangles`` by the CPU's native products, where
+    (n + 1) x (n + 1) Gram matrix of each filter (memory bound) where the direct one
+    multiplies by d columns (4 n d FLOPs a filter), and building the Gram matrices once costs
+    some direct steps. So: where they are at most twice the weights (``n^2 <= 2 d``) and
+    ``steps >= n``; or, read as ``triangles`` by the CPU's native products, where
     ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 3 n`` (the build was repaid after 0.7-0.9 n
     steps at d / n >= 8, 1.7 n at 6.7, 3.5 n at 5). Full matrices read by XLA (accelerators,
     CPUs without the native products) keep the first rule: on the CPU they ran 0.77-1.09x the

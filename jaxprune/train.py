@@ -247,15 +247,16 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 # rows while it is in cache, the projections are carried from step to step, and the loss
 # factors of all groups are formed at once between the calls.
 #
-# "kernel" (d >> n): over a segment, W(t) = W(0) - M * (A(t) Z + B(t) 1_S^T) with A and B the
-# sums of the Dn and ds, so with per-filter Gram matrices K_f = Z diag(M_f) Z^T (n x n)
-#     <W_f(t), z_i> = P0[f,i] - (K_f A_f)_i - B_f v_f[i],     v_f = Z diag(M_f) 1_S,
-#     <W_f(t), 1_S> = c0_f - <A_f, v_f> - B_f |M_f 1_S|.
-# A step reads the n^2 numbers of K_f per filter instead of multiplying by d columns twice (on
-# the CPU the native products read its upper triangle, n (n + 1) / 2). K and v depend only on
-# the masks and the data: ``build_gram`` makes them once per chunk (about n / 3 direct steps,
-# one GEMM per group); each segment starts with one product P0 = W Z^T and rebuilds W at its
-# end.
+# "kernel" (d >> n): over a segment, W(t) = W(0) - M * (C(t) Z') with Z' = [Z; 1_S] (the noise
+# and the signal support's indicator, n + 1 rows) and C = [A, B] the sums of the [Dn, ds], so
+# with per-filter Gram matrices K'_f = Z' diag(M_f) Z'^T ((n + 1) x (n + 1))
+#     [<W_f(t), z_i>, <W_f(t), 1_S>] = P0'_f - K'_f C_f,     P0' = W(0) Z'^T.
+# A step reads the (n + 1)^2 numbers of K'_f per filter instead of multiplying by d columns
+# twice (on the CPU the native products read its upper triangle, (n + 1) (n + 2) / 2); the
+# support's sums ride along in the one product (with them apart, 3 more small XLA operations
+# a step ran the step 1.09-1.18x slower). K' depends only on the masks and the data:
+# ``build_gram`` makes it once per chunk (about n / 3 direct steps, one GEMM per group); each
+# segment starts with one product P0' and rebuilds W at its end.
 
 #: Bytes of W that one block of the GD update covers (on the CPU of ``benchmarks/RESULTS.md``,
 #: 4 MiB ran up to 20 % faster than 1 MiB in 7 of 10 cases, and at most 5 % slower).
@@ -298,8 +299,7 @@ class _DirectCarry(NamedTuple):
 
 
 class _KernelCarry(NamedTuple):
-    a: jax.Array  # (S, F, n): A, the sum of the Dn
-    support: jax.Array  # (S, F, 1): B, the sum of the ds
+    coef: jax.Array  # (S, F, n + 1): [A, B], the sum of the [Dn, ds]
     b: jax.Array | None  # (S, G, 2, m)
     diverged: jax.Array  # (S, G)
 
@@ -308,10 +308,9 @@ class Gram(NamedTuple):
     """What the kernel formulation reads every step that only the masks and the training noise
     fix, so one chunk's run can build it once: ``(S, F, ...)`` in the GEMM layout."""
 
-    matrices: jax.Array  # K_f = Z diag(M_f) Z^T: (S, F, n, n), or for the native products
-    #                      upper triangles (S / g, F / L, n (n + 1) / 2, g L) (``_gram``)
-    support_noise: jax.Array  # (S, F, n): v_f = Z diag(M_f) 1_S
-    support_count: jax.Array  # (S, F): |M_f 1_S|
+    matrices: jax.Array  # K'_f = Z' diag(M_f) Z'^T, Z' = [Z; 1_S]: (S, F, n + 1, n + 1), or
+    #                      for the native products upper triangles (S / g, F / L, k, g L),
+    #                      k = (n + 1) (n + 2) / 2 (``_gram``)
 
 
 def _largest_divisor(total: int, at_most: int) -> int:
@@ -466,14 +465,16 @@ def _packed_gram(static: Static, native: bool | None = None) -> bool:
 
 
 def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
-    """Gram matrices (per group, ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z_i * z_j``
-    over all k = n^2 pairs, or the k = n (n + 1) / 2 pairs i <= j where ``packed`` (then
+    """Gram matrices of ``Z' = [Z; 1_S]`` (``_support_noise``: the support's sums ride along),
+    per group ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z'_i * z'_j`` over all
+    k = (n + 1)^2 pairs, or the k = (n + 1) (n + 2) / 2 pairs i <= j where ``packed`` (then
     ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
     exists). Where a group's F filters fill fewer than ``cpu_update.vector_lanes()`` lanes,
     g groups share each set of lanes (the native products read the S F filters in order, a
     set at a time; with 4 lanes instead of 8 they ran 1.5x slower): ``(S / g, F / L, k, g L)``.
     """
-    n, d, s = static.n, static.d, static.signal_support
+    z = _support_noise(z, static)
+    n, d = z.shape[1], static.d
     S, F = mask.shape[:2]
     L = cpu_update.lanes(F) if packed else 1  # blocks of whole sets of interleaved filters
     g = math.gcd(S, cpu_update.vector_lanes() // L) if packed else 1  # groups sharing lanes
@@ -498,8 +499,7 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     by_sets = lambda a: a.reshape((S // g, g) + a.shape[1:])  # noqa: E731
     matrices = (jax.lax.map(one_group, (z, mask)) if g == 1
                 else jax.lax.map(shared_lanes, (by_sets(z), by_sets(mask))))
-    keep = mask[..., :s].astype(z.dtype)
-    return Gram(matrices, jnp.einsum("sfd,snd->sfn", keep, z[..., :s]), jnp.sum(keep, axis=-1))
+    return Gram(matrices)
 
 
 def _full_gram_products(matrices, a):
@@ -526,17 +526,15 @@ def _gram_products(matrices, a):
                                       default=_unpacked_gram_products)
 
 
-def _kernel_step(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, params,
-                 train: Samples, static: Static) -> _KernelCarry:
-    """One step from the segment's starting projections ``P0`` and ``c0``."""
-    a, support = carry.a, carry.support
-    gram_a = _gram_products(gram.matrices, a)
-    noise_proj = noise_proj0 - gram_a - support * gram.support_noise
-    support_sum = (support_sum0 - jnp.sum(a * gram.support_noise, axis=-1)
-                   - support[..., 0] * gram.support_count)
+def _kernel_step(carry: _KernelCarry, gram: Gram, proj0, params, train: Samples,
+                 static: Static) -> _KernelCarry:
+    """One step from the segment's starting projections ``P0' = W(0) Z'^T``: with
+    ``W = W(0) - M * (C Z')``, ``W Z'^T = P0' - K'_f C_f`` per filter (``[W Z^T, <W, 1_S>]``)."""
+    proj = proj0 - _gram_products(gram.matrices, carry.coef)
     step_noise, step_support, b, diverged = _gd_factors(
-        noise_proj, support_sum, carry, params, train, static)
-    return _KernelCarry(a + step_noise, support + step_support, b, diverged)
+        proj[..., :-1], proj[..., -1], carry, params, train, static)
+    return _KernelCarry(carry.coef + jnp.concatenate([step_noise, step_support], axis=-1),
+                        b, diverged)
 
 
 def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
@@ -560,13 +558,13 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     if static.kernel_step:
         if gram is None:
             gram = _gram(mask, z, static, block_bytes, _packed_gram(static, native))
-        noise_proj0 = jnp.einsum("sfd,snd->sfn", w, z)
-        support_sum0 = _support_sum(w, static)
-        start = _KernelCarry(jnp.zeros((S, G * 2 * m, n), w.dtype),
-                             jnp.zeros((S, G * 2 * m, 1), w.dtype), b, diverged)
-        loop = functools.partial(_kernel_loop, gram=gram, noise_proj0=noise_proj0,
-                                 support_sum0=support_sum0, params=params, train=groups.train,
-                                 num_steps=num_steps, static=static)
+        # [W Z^T, <W, 1_S>] without a copy of the noise with the indicator (254 MB for 1024
+        # seeds at the quick sweep's sizes, made every segment).
+        proj0 = jnp.concatenate([jnp.einsum("sfd,snd->sfn", w, z),
+                                 _support_sum(w, static)[..., None]], axis=-1)
+        start = _KernelCarry(jnp.zeros((S, G * 2 * m, n + 1), w.dtype), b, diverged)
+        loop = functools.partial(_kernel_loop, gram=gram, proj0=proj0, params=params,
+                                 train=groups.train, num_steps=num_steps, static=static)
         carry = jax.lax.platform_dependent(
             start, cpu=functools.partial(loop, block_bytes=kernel_block_bytes),
             default=functools.partial(loop, block_bytes=UNBLOCKED))
@@ -574,7 +572,7 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
         # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
         update = functools.partial(_blocked_update, static=static)
         w = jax.lax.platform_dependent(
-            w, carry.a, carry.support, mask, z,
+            w, carry.coef[..., :-1], carry.coef[..., -1:], mask, z,
             cpu=functools.partial(update, block_bytes=block_bytes),
             default=functools.partial(update, block_bytes=UNBLOCKED))
     else:
@@ -601,8 +599,8 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
                           diverged=carry.diverged.reshape(-1))
 
 
-def _kernel_loop(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, params,
-                 train: Samples, num_steps, static: Static, block_bytes: int) -> _KernelCarry:
+def _kernel_loop(carry: _KernelCarry, gram: Gram, proj0, params, train: Samples, num_steps,
+                 static: Static, block_bytes: int) -> _KernelCarry:
     """``num_steps`` kernel steps, a block of runs at a time (about ``block_bytes`` of Gram
     matrices): runs are independent, so a block can take all the segment's steps while its
     Gram matrices stay in the last-level cache, instead of every step reading them all from
@@ -626,12 +624,12 @@ def _kernel_loop(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, par
             else {"runs": k, "filters": k, "sets": k // per_row})
     count = (G if axis == 1 else S) // k
 
-    def steps(c, g, proj0, sum0, p, t, program):
+    def steps(c, g, proj0, p, t, program):
         return jax.lax.fori_loop(
-            0, num_steps, lambda _, x: _kernel_step(x, g, proj0, sum0, p, t, program), c)
+            0, num_steps, lambda _, x: _kernel_step(x, g, proj0, p, t, program), c)
 
     if count == 1:
-        return steps(carry, gram, noise_proj0, support_sum0, params, train, static)
+        return steps(carry, gram, proj0, params, train, static)
     part = dataclasses.replace(static, **({"group_size": k} if axis == 1 else {"groups": k}))
 
     def block(i, c: _KernelCarry) -> _KernelCarry:
@@ -642,13 +640,10 @@ def _kernel_loop(carry: _KernelCarry, gram: Gram, noise_proj0, support_sum0, par
         put = lambda kind: lambda whole, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
             whole, x, i * unit[kind], axis)
         by_filter, by_run = cut("filters"), lambda tree: jax.tree.map(cut("runs"), tree)
-        g = Gram(cut("sets")(gram.matrices), by_filter(gram.support_noise),
-                 by_filter(gram.support_count))
-        mine = steps(_KernelCarry(by_filter(c.a), by_filter(c.support), by_run(c.b),
-                                  by_run(c.diverged)),
-                     g, by_filter(noise_proj0), by_filter(support_sum0), by_run(params),
+        mine = steps(_KernelCarry(by_filter(c.coef), by_run(c.b), by_run(c.diverged)),
+                     Gram(cut("sets")(gram.matrices)), by_filter(proj0), by_run(params),
                      train if axis == 1 else by_run(train), part)
-        return _KernelCarry(put("filters")(c.a, mine.a), put("filters")(c.support, mine.support),
+        return _KernelCarry(put("filters")(c.coef, mine.coef),
                             jax.tree.map(put("runs"), c.b, mine.b),
                             put("runs")(c.diverged, mine.diverged))
 

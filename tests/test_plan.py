@@ -106,8 +106,8 @@ def test_matmul_precision_reaches_the_program_and_the_plan():
 def test_formulation_reaches_the_program_and_the_plan(formulation, kernel):
     """The sweep's ``formulation`` is every chunk's; at sizes where the kernel formulation pays
     (n^2 <= 2d, steps >= n) "direct" turns it off, and the planner then counts no Gram
-    matrices: 2m n^2 floats a run, or 2m n (n + 1) / 2 as the CPU's triangles. A plan.json
-    written before the option existed reads as "auto"."""
+    matrices: 2m k^2 floats a run (k = n + 1), or 2m k (k + 1) / 2 as the CPU's triangles.
+    A plan.json written before the option existed reads as "auto"."""
     sweep = tiny_sweep(data={"d": 200, "n": 10}, train={"steps": 40, "eval_every": 20,
                                                          "formulation": formulation})
     (chunk,) = plan_chunks(sweep.run_table(), memory_budget=2**33)
@@ -115,7 +115,8 @@ def test_formulation_reaches_the_program_and_the_plan(formulation, kernel):
     gram = run_bytes(chunk.static) - run_bytes(dataclasses.replace(chunk.static,
                                                                   formulation="direct"))
     m, n = 4, 10
-    assert gram == (2 * m * (n * (n + 1) // 2 if cpu_update.gram_triangles() else n * n) * 4
+    k = n + 1  # the noise and the support's indicator
+    assert gram == (2 * m * (k * (k + 1) // 2 if cpu_update.gram_triangles() else k * k) * 4
                     if kernel else 0)
     saved = chunk_to_json(chunk)
     del saved["static"]["formulation"]
@@ -137,10 +138,18 @@ def test_group_bytes_are_one_seeds_arrays_and_the_accelerator_steps_noise_copy(d
 
 @pytest.mark.parametrize("triangles", [True, False])
 def test_a_run_s_bytes_count_its_gram_matrices_as_they_are_kept(monkeypatch, triangles):
-    """Upper triangles where the CPU's native products read them, else full n x n."""
+    """Upper triangles where the CPU's native products read them, else full, of the noise and
+    the support's indicator (n + 1 rows): a run's share of what ``train._gram`` builds."""
     monkeypatch.setattr(cpu_update, "gram_triangles", lambda dtype: triangles)
     static = dataclasses.replace(plan_chunks(tiny_sweep().run_table(), 1 << 30)[0].static,
                                  formulation="kernel")
     n, m, f = static.n, static.width, static.float_dtype.itemsize
     gram = run_bytes(static) - run_bytes(dataclasses.replace(static, formulation="direct"))
-    assert gram == 2 * m * (n * (n + 1) // 2 if triangles else n * n) * f
+    k = n + 1
+    assert gram == 2 * m * (k * (k + 1) // 2 if triangles else k * k) * f
+    S, F, d = static.groups, static.group_size * 2 * m, static.d
+    built = jax.eval_shape(
+        lambda mask, z: train._gram(mask, z, static, train.BLOCK_BYTES, packed=triangles),
+        jax.ShapeDtypeStruct((S, F, d), jnp.bool_),
+        jax.ShapeDtypeStruct((S, n, d), static.float_dtype))
+    assert static.runs * gram == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(built))
