@@ -1,6 +1,7 @@
 """How far two sweeps' results are apart, run by run (another machine, another precision):
 
     python benchmarks/compare_results.py A/results.csv B/results.csv
+    python benchmarks/compare_results.py A B      # the sweeps' output directories
 
 Runs are matched by their ``run`` index (the same sweep file gives the same runs). Prints,
 per result column, the largest absolute difference and how many runs differ at all; the runs
@@ -9,6 +10,7 @@ fraction of both.
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -21,8 +23,9 @@ COLUMNS = ("train_loss", "test_loss", "train_error", "test_error", "signal_learn
 
 
 def read(path: str) -> dict[str, np.ndarray]:
-    """The columns of a results.csv as float arrays, in the order of ``run``."""
-    columns = read_csv(path)
+    """The columns of a results.csv (or of a sweep directory's) as float arrays, in the order
+    of ``run``."""
+    columns = read_csv(Path(path) / "results.csv" if Path(path).is_dir() else path)
     order = np.argsort(columns["run"], kind="stable")
     return {k: columns[k][order].astype(np.float64)
             for k in ("run", "fraction", "n_test", *COLUMNS)}
@@ -54,8 +57,8 @@ def main() -> None:
         description=__doc__.splitlines()[0],
         epilog="example: .venv/bin/python benchmarks/compare_results.py runs/a/results.csv "
                "runs/b/results.csv")
-    parser.add_argument("a", help="a results.csv")
-    parser.add_argument("b", help="another results.csv of the same sweep file")
+    parser.add_argument("a", help="a results.csv, or the sweep directory holding it")
+    parser.add_argument("b", help="another of the same sweep file")
     args = parser.parse_args()
     print(compare(read(args.a), read(args.b)))
 
