@@ -254,7 +254,7 @@ def _optax_step_run(net, opt_state, mask, diverged, p: RunParams, g: GroupData,
 # A step reads the (n + 1)^2 numbers of K'_f per filter instead of multiplying by d columns
 # twice (on the CPU the native products read its upper triangle, (n + 1) (n + 2) / 2); the
 # support's sums ride along in the one product (with them apart, 3 more small XLA operations
-# a step ran the step 1.09-1.18x slower). K' depends only on the masks and the data:
+# a step ran the step 1.08-1.19x slower). K' depends only on the masks and the data:
 # ``build_gram`` makes it once per chunk (about n / 3 direct steps, one GEMM per group); each
 # segment starts with one product P0' and rebuilds W at its end.
 
