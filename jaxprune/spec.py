@@ -92,11 +92,12 @@ class Static:
 
 
 #: Where the CPU reads the Gram matrices as triangles, the kernel step pays from d = this
-#: many times n: at d / n = 5 / 6.7 / 8.3 / 10 / 20 it ran 1.13 / 1.28 / 1.61 / 1.53-2.01 /
-#: 2.9-4.1x as many run-steps a second as the direct step; since its steps run in blocks of
-#: runs held in the last-level cache, 0.90 / 1.18-1.21x at d / n = 4 / 5, and 2.1-6.7x at
-#: 10 and 20 (``benchmarks/RESULTS.md``, 2026-12-06).
-KERNEL_MIN_D_PER_N = 6
+#: many times n. With its product 4 rows and 16 filters at a time and the support's sums inside
+#: it, it ran 1.05 / 1.14-1.65 / 1.91-1.94 / 2.48x as many run-steps a second as the direct
+#: step at d / n = 2 / 3 / 4 / 5, the Gram build repaid after 79-104 steps at d / n = 4 and
+#: 331-609 with one run per seed at 3 (``benchmarks/kernel_crossover.py``,
+#: ``benchmarks/RESULTS.md``, 2026-12-06, 18:55 UTC); before those, it paid from 6.
+KERNEL_MIN_D_PER_N = 4
 
 
 def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
@@ -105,8 +106,8 @@ def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
     multiplies by d columns (4 n d FLOPs a filter), and building the Gram matrices once costs
     some direct steps. So: where they are at most twice the weights (``n^2 <= 2 d``) and
     ``steps >= n``; or, read as ``triangles`` by the CPU's native products, where
-    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 3 n`` (the build was repaid after 0.7-0.9 n
-    steps at d / n >= 8, 1.7 n at 6.7, 3.5 n at 5). Full matrices read by XLA (accelerators,
+    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 3 n`` (the build was repaid after about n
+    steps at d / n = 4). Full matrices read by XLA (accelerators,
     CPUs without the native products) keep the first rule: on the CPU they ran 0.77-1.09x the
     direct step at d / n = 10."""
     return (n * n <= 2 * d and steps >= n) or (
