@@ -1,13 +1,15 @@
 """A/B of the training step: ``jaxprune/train.py`` of a git revision against the working tree.
 
-    .venv/bin/python benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS]
+    .venv/bin/python benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS [FORMULATION]]
     .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6
 
 Loads the revision's ``train.py``, ``model.py`` and ``cpu_update.py`` (with its own build of the
 revision's ``cpu_update.cc``) beside the working tree's (the rest of the package is the working
 tree's, so the two must share its interfaces), compiles both ``train_steps`` for one
-bench case (``jaxprune.bench.SIZE_SETS``, layout ``shared`` or ``seeds``), then times calls of
-STEPS steps in alternation (``bench._interleaved``), after one warm-up call each.
+bench case (``jaxprune.bench.SIZE_SETS``, layout ``shared`` or ``seeds``; plain GD's
+formulation ``auto``, the engine's choice, unless FORMULATION is ``direct`` or ``kernel``),
+then times calls of STEPS steps in alternation (``bench._interleaved``), after one warm-up
+call each.
 Prints XLA's temporary bytes of each program, the median run-steps per second, the per-repeat
 speed ratio new / old, and how far apart the final weights are.
 """
@@ -27,10 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jaxprune import bench, model, train  # noqa: E402
+from jaxprune.spec import FORMULATIONS  # noqa: E402
 
-USAGE = f"""usage: benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS]
+USAGE = f"""usage: benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS [FORMULATION]]
   REV: a git revision; SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds;
-  RUNS, STEPS, REPEATS (default 12): positive integers
+  RUNS, STEPS, REPEATS (default 12): positive integers; FORMULATION: {", ".join(FORMULATIONS)}
 example: .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6"""
 
 
@@ -72,10 +75,10 @@ def train_at(rev: str):
     return module
 
 
-def main(rev, size, layout, runs, steps, repeats=12):
+def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
     runs, steps, repeats = int(runs), int(steps), int(repeats)
     d, n, m = bench.SIZE_SETS[size]
-    static = bench.case_static(bench.Case(size, d, n, m, runs, layout))
+    static = bench.case_static(bench.Case(size, d, n, m, runs, layout, formulation=formulation))
     params, seeds = bench.case_inputs(static)
     groups = train.make_groups(seeds, static)
     programs = {}
@@ -118,8 +121,9 @@ if __name__ == "__main__":
     if "-h" in args or "--help" in args:
         print(USAGE)
         sys.exit(0)
-    if not (5 <= len(args) <= 6 and args[1] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
-            and all(a.isdigit() and int(a) > 0 for a in args[3:])
+    if not (5 <= len(args) <= 7 and args[1] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
+            and all(a.isdigit() and int(a) > 0 for a in args[3:6])
+            and all(a in FORMULATIONS for a in args[6:])
             and subprocess.run(["git", "rev-parse", "--verify", "-q", f"{args[0]}^{{commit}}"],
                                cwd=ROOT, capture_output=True).returncode == 0):
         print(USAGE, file=sys.stderr)
