@@ -121,18 +121,16 @@ constexpr int64_t kTileRows = 8, kPanelVectors = 3, kPanel = 16 * kPanelVectors;
 // Where our kernel runs instead of sgemm (the `projection` attribute).
 enum Projection : int64_t { kBlas = 0, kOwnWherePays = 1, kOwn = 2 };
 
-// Where our kernel pays ("auto"; benchmarks/RESULTS.md, 2026-12-06, 03:06 UTC). Its dot
-// tiles for the last n mod 16 columns are slower than its panels: with 14 of n = 30 it ran
-// 0.93-0.98x sgemm, so it runs where they are at most a quarter of the panels' FMAs. Z is
-// packed once per call for groups of kOwnMinRows rows or more; below, per block (12 us for
-// n = 100, d = 1000), where a block has at least kOwnMinBlockRows rows (sgemm was 2.4x faster
-// on 8 rows, 0.63x as fast on 16, 0.82x on 100).
+// Where our kernel pays ("auto"; benchmarks/RESULTS.md, 2026-12-06, 03:06 UTC and 19:20 UTC):
+// with at least one panel (n >= 16) it ran 1.2-2.0x sgemm's speed for n = 16 to 100 (its dot
+// tiles for the last n mod 16 columns too, since they keep their sums in registers); below,
+// sgemm was faster on 100 rows of W or fewer. Z is packed once per call for groups of
+// kOwnMinRows rows or more; below, per block (12 us for n = 100, d = 1000), where a block has
+// at least kOwnMinBlockRows rows (sgemm was 2.4x faster on 8 rows, 0.63x as fast on 16, 0.82x
+// on 100).
 constexpr int64_t kOwnMinRows = 1024, kOwnMinBlockRows = 32;
 
-bool OwnPays(int64_t n) {
-  const int64_t wide = n / 16 * 16, dot_tiles = (n - wide + 3) / 4;
-  return wide > 0 && 16 * dot_tiles <= wide;  // a dot tile: a quarter of a vector's FMAs
-}
+bool OwnPays(int64_t n) { return n >= 16; }
 
 #if defined(__x86_64__)
 #define JAXPRUNE_AVX512 __attribute__((target("avx512f")))

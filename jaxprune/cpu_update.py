@@ -227,9 +227,8 @@ def gram_triangles(dtype=np.float32) -> bool:
 
 #: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own AVX-512 kernel wherever
 #: the CPU has AVX-512 ("own"), or that kernel where it pays and sgemm elsewhere ("auto", the
-#: default): where the last n mod 16 columns, which it forms as dot products 4 at a time, cost
-#: at most a quarter of its 16-wide panels (``OwnPays`` in ``cpu_update.cc``: n = 16-20, 32-40,
-#: 48-60 and n >= 64) and a block has ``OWN_MIN_BLOCK_ROWS`` rows or more.
+#: default): where it has at least one 16-wide panel, n >= 16 (``OwnPays`` in
+#: ``cpu_update.cc``), and a block has ``OWN_MIN_BLOCK_ROWS`` rows or more.
 #: It reads each group's Z packed, once per call for groups of ``OWN_MIN_ROWS`` rows or more,
 #: else once per block. Without AVX-512, sgemm.
 PROJECTIONS = {"blas": 0, "auto": 1, "own": 2}

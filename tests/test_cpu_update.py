@@ -115,17 +115,18 @@ def test_own_projection_kernel_is_within_float32_summation_error(projection, F, 
 
 
 def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
-    """``auto`` forms W Z^T with the own kernel where its dot tiles (the last n mod 16
-    columns) are a small part of it and a block has enough rows, with Z packed once per call
-    for a group of ``OWN_MIN_ROWS`` rows or more and per block below; elsewhere with sgemm.
-    The two round differently, so the bits tell which ran."""
+    """``auto`` forms W Z^T with the own kernel where it has a 16-wide panel (n >= 16) and a
+    block has enough rows, with Z packed once per call for a group of ``OWN_MIN_ROWS`` rows
+    or more and per block below; elsewhere with sgemm. The two round differently, so the
+    bits tell which ran."""
     if not cpu_update.own_projection():
         pytest.skip("this CPU has no AVX-512: the own projection kernel does not run here")
     least, block = cpu_update.OWN_MIN_ROWS, cpu_update.OWN_MIN_BLOCK_ROWS
     for rows, n, expected in ((least, 20, "own"),  # Z packed once per call
                               (least - 4, 20, "own"),  # packed per block of up to 1 MiB
                               (block, 100, "own"), (block - 4, 100, "blas"),  # block rows
-                              (least, 30, "blas"), (least, 7, "blas")):  # 14 and 7 dot columns
+                              (least, 30, "own"), (least, 16, "own"),  # 14 and 0 dot columns
+                              (least, 15, "blas"), (least, 7, "blas")):  # no panel
         w, _, _, _, z = update_inputs(1, rows, n, 300)
         got = {p: np.asarray(cpu_update.projections(w, z, block_bytes=1 << 20, projection=p))
                for p in ("auto", "own", "blas")}
