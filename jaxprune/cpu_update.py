@@ -53,7 +53,8 @@ __all__ = ["available", "status", "gram_triangles", "update_and_project", "proje
            "symmetric_products"]
 
 #: The custom calls of ``cpu_update.cc``.
-TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products")
+TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products",
+           "jaxprune_kernel_steps")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
 #: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
 #: -ffp-contract=off so that ``symmetric_products`` gives the same numbers on every CPU.
@@ -308,3 +309,24 @@ def symmetric_products(upper, a) -> jax.Array:
     ``(S, F, n)``; on the CPU only."""
     _load()
     return jax.ffi.ffi_call(TARGETS[2], jax.ShapeDtypeStruct(a.shape, a.dtype))(upper, a)
+
+
+def kernel_steps(upper, proj0, coef, b, diverged, head, num_steps, *, power: float,
+                 support: int, bias: bool) -> tuple[jax.Array, ...]:
+    """``num_steps`` steps of the kernel formulation's plain GD (``train._kernel_step``, its
+    loss head ``train._gd_factors`` included), each thread taking a block of the fewest runs
+    that hold whole sets of lanes through all the steps; on the CPU only.
+
+    Shapes: ``upper`` ``interleave``d triangles of the (n + 1) x (n + 1) ``K'_f``; ``proj0``,
+    ``coef`` ``(S, F, n + 1)``; ``b`` ``(S, G, 2, m)`` (zeros where ``bias`` is false);
+    ``diverged`` ``(S, G)``; ``head`` = (noise_std, signal_norm, learning_rate) ``(S, G, 3)``,
+    observed labels and example weights ``(S, G, n)``, clean labels ``(S, n)``, filter
+    weights ``(S, G, m)``, halved for mean pooling. Returns the new ``coef``, ``b`` and
+    ``diverged``, in place of the old."""
+    _load()
+    call = jax.ffi.ffi_call(TARGETS[3], (jax.ShapeDtypeStruct(coef.shape, coef.dtype),
+                                         jax.ShapeDtypeStruct(b.shape, b.dtype),
+                                         jax.ShapeDtypeStruct(diverged.shape, diverged.dtype)),
+                            input_output_aliases={2: 0, 3: 1, 4: 2})
+    return call(upper, proj0, coef, b, diverged, *head, jnp.asarray(num_steps, jnp.int32),
+                power=np.float32(power), support=np.int64(support), bias=np.int64(bias))

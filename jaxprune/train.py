@@ -517,10 +517,17 @@ def _unpacked_gram_products(upper, a):
     return _full_gram_products(cpu_update.deinterleave(upper)[..., position], a)
 
 
+def _packed(matrices, n: int) -> bool:
+    """Whether Gram matrices of n x n are kept as interleaved upper triangles
+    ``(S, F / L, k, L)`` rather than full ``(S, F, n, n)`` (at n = 1 with L = 1 the two are
+    the same numbers: full)."""
+    return matrices.shape[-2:] != (n, n)
+
+
 def _gram_products(matrices, a):
     """``K_f A_f``, from full K_f ``(S, F, n, n)`` or their interleaved upper triangles
-    ``(S, F / L, k, L)`` (at n = 1 with L = 1 the two are the same numbers)."""
-    if matrices.shape[1:] == a.shape[1:] + a.shape[-1:]:
+    ``(S, F / L, k, L)``."""
+    if not _packed(matrices, a.shape[-1]):
         return _full_gram_products(matrices, a)
     return jax.lax.platform_dependent(matrices, a, cpu=cpu_update.symmetric_products,
                                       default=_unpacked_gram_products)
@@ -543,9 +550,10 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
              group_block_bytes: int = GROUP_BLOCK_BYTES,
              native: bool | None = None,
              kernel_block_bytes: int = KERNEL_BLOCK_BYTES) -> TrainState:
-    """Plain GD of the chunk; ``native``: the direct step's products as ``cpu_update`` calls
-    on the CPU (None: wherever they can run). The block sizes apply on the CPU; an
-    accelerator runs unblocked (``UNBLOCKED``)."""
+    """Plain GD of the chunk; ``native``: the direct step's products and the kernel
+    formulation's steps as ``cpu_update`` calls on the CPU (None: wherever they can run). The
+    block sizes apply to XLA's steps on the CPU; an accelerator runs unblocked
+    (``UNBLOCKED``)."""
     S, G, m, d, n = static.groups, static.group_size, static.width, static.d, static.n
     if native is None:
         native = cpu_update.available(static.float_dtype)
@@ -563,11 +571,14 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
         proj0 = jnp.concatenate([jnp.einsum("sfd,snd->sfn", w, z),
                                  _support_sum(w, static)[..., None]], axis=-1)
         start = _KernelCarry(jnp.zeros((S, G * 2 * m, n + 1), w.dtype), b, diverged)
-        loop = functools.partial(_kernel_loop, gram=gram, proj0=proj0, params=params,
-                                 train=groups.train, num_steps=num_steps, static=static)
+        segment = dict(gram=gram, proj0=proj0, params=params, train=groups.train,
+                       num_steps=num_steps, static=static)
+        cpu_loop = (functools.partial(_native_kernel_loop, **segment)
+                    if native and _packed(gram.matrices, n + 1) else
+                    functools.partial(_kernel_loop, **segment, block_bytes=kernel_block_bytes))
         carry = jax.lax.platform_dependent(
-            start, cpu=functools.partial(loop, block_bytes=kernel_block_bytes),
-            default=functools.partial(loop, block_bytes=UNBLOCKED))
+            start, cpu=cpu_loop,
+            default=functools.partial(_kernel_loop, **segment, block_bytes=UNBLOCKED))
         # XLA's update: once a segment its speed hardly matters, and the native call on the
         # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
         update = functools.partial(_blocked_update, static=static)
@@ -648,6 +659,39 @@ def _kernel_loop(carry: _KernelCarry, gram: Gram, proj0, params, train: Samples,
                             put("runs")(c.diverged, mine.diverged))
 
     return jax.lax.fori_loop(0, count, block, carry)
+
+
+def _head_inputs(params: RunParams, train: Samples, static: Static) -> tuple[jax.Array, ...]:
+    """What ``cpu_update.kernel_steps``'s loss head reads of each run besides its
+    projections: (noise_std, signal_norm, learning_rate) ``(S, G, 3)``, observed labels and
+    example weights ``(S, G, n)``, clean labels ``(S, n)`` and filter weights ``(S, G, m)``,
+    halved for mean pooling (``model.patch_logit``)."""
+    dtype = static.float_dtype
+    pool = 0.5 if static.patch_pool == "mean" else 1.0
+
+    def run(p: RunParams, t: Samples):
+        ctx = context(p, static)
+        constants = jnp.stack([ctx.noise_std, ctx.signal_norm, p.learning_rate]).astype(dtype)
+        return (constants, observed_labels(t, p.label_flip), sample_weights(p.n, static.n, dtype),
+                pool * ctx.filter_weight)
+
+    constants, labels, weights, filter_weight = jax.vmap(jax.vmap(run, in_axes=(0, None)))(
+        params, train)
+    return constants, labels, weights, train.clean, filter_weight
+
+
+def _native_kernel_loop(carry: _KernelCarry, gram: Gram, proj0, params, train: Samples,
+                        num_steps, static: Static) -> _KernelCarry:
+    """``_kernel_loop`` as one native call (``cpu_update.kernel_steps``): its threads run
+    blocks of runs independently, and the loss head, some 20 small XLA operations a step,
+    runs in the same pass."""
+    b = jnp.zeros(carry.diverged.shape + (2, static.width), proj0.dtype) if carry.b is None \
+        else carry.b
+    coef, b, diverged = cpu_update.kernel_steps(
+        gram.matrices, proj0, carry.coef, b, carry.diverged, _head_inputs(params, train, static),
+        num_steps, power=static.activation_power, support=static.signal_support,
+        bias=carry.b is not None)
+    return _KernelCarry(coef, None if carry.b is None else b, diverged)
 
 
 def _optax_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,

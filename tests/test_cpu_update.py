@@ -184,11 +184,14 @@ def test_native_symmetric_products_name_a_wrong_layout(native):
         jax.block_until_ready(cpu_update.symmetric_products(upper.reshape(1, 2, 10, 3), a))
 
 
-def _float32_chunk(bias=False):
-    """A float32 chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation."""
+def _float32_chunk(bias=False, **sections):
+    """A float32 chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation; other
+    fields of the sweep's sections as given."""
     raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
                     model={"width": 5, "bias": bias}, prune={"fraction": [0.0, 0.5, 0.9]},
                     sweep={"seeds": 3})
+    raw = tiny_dict(**{name: {**raw.get(name, {}), **fields} for name, fields in sections.items()},
+                    **{name: fields for name, fields in raw.items() if name not in sections})
     table = sweep_from_dict(raw).run_table()
     (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
     static = dataclasses.replace(chunk.static, formulation="direct")
@@ -226,15 +229,61 @@ def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
         np.testing.assert_allclose(runs[True].net.b, runs[False].net.b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("model, data", [
+    ({"activation_power": 1.0, "bias": True, "output_scale": "sum", "patch_pool": "mean"},
+     {"label_flip": 0.2}),
+    ({"activation_power": 2.0}, {}),
+    ({"activation_power": 1.5, "bias": True}, {"label_flip": 0.1}),
+    ({"activation_power": 3.0, "patch_pool": "mean"}, {})])
+def test_native_kernel_steps_equal_xla_for_every_loss_head(native, model, data):
+    """The native kernel steps write the loss head out (``cpu_update.cc``), XLA differentiates
+    the model's. For each activation (integer powers by products, 1.5 by pow; ReLU's slope at 0
+    as JAX takes it), pooling, output scale, bias and label noise: 40 steps of 9 runs, the
+    weights and biases to float32 rounding."""
+    static, params, groups = _float32_chunk(model=model, data=data)
+    static = dataclasses.replace(static, formulation="kernel")
+    state0 = train.init_state(params, groups, static)
+    loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
+    got, want = (loop(state0, params, groups, jnp.int32(40), static=static, native=native)
+                 for native in (True, False))
+    w0, w = np.asarray(state0.net.w), np.asarray(want.net.w)
+    assert np.abs(w - w0).max() > 1e-2
+    np.testing.assert_allclose(got.net.w, w, rtol=0, atol=1e-5 * np.abs(w).max())
+    if static.bias:
+        np.testing.assert_allclose(got.net.b, want.net.b, rtol=0, atol=1e-5)
+    assert not np.asarray(want.diverged).any() and not np.asarray(got.diverged).any()
+
+
+def test_native_kernel_steps_freeze_the_runs_xla_freezes():
+    """Learning rates up to 10^7: the runs whose loss overflows are marked diverged, as XLA
+    marks them, and frozen with finite weights; the others train on (those of learning rate
+    0.05 to XLA's weights: past it, float32 rounding grows step by step)."""
+    static, params, groups = _float32_chunk(train={"learning_rate": [0.05, 1e3, 1e7]})
+    static = dataclasses.replace(static, formulation="kernel")
+    state0 = train.init_state(params, groups, static)
+    loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
+    got, want = (loop(state0, params, groups, jnp.int32(40), static=static, native=native)
+                 for native in (True, False))
+    diverged = np.asarray(want.diverged)
+    assert diverged.any() and not diverged.all()
+    np.testing.assert_array_equal(got.diverged, diverged)
+    assert np.isfinite(np.asarray(got.net.w)).all()
+    small = np.asarray(params.learning_rate) == np.float32(0.05)
+    w = np.asarray(want.net.w)[small]
+    np.testing.assert_allclose(np.asarray(got.net.w)[small], w, rtol=0,
+                               atol=1e-5 * np.abs(w).max())
+
+
 @pytest.mark.parametrize("seeds, fractions, width", [(3, 3, 5), (1, 8, 2), (16, 1, 5)])
 def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fractions,
                                                                 width):
-    """The kernel formulation on the CPU (Gram matrices as interleaved triangles) takes a
-    segment's steps a block at a time: of groups (3 seeds of 30 filters, 2 lanes), of runs
-    (1 seed of 8 runs of 4 filters, 16 or 8 lanes: blocks of 4 or 2 runs, the fewest that
-    hold whole sets of lanes), or of groups that share their sets of lanes (16 seeds of 10
-    filters: 8 or 4 groups a set, so blocks of as many). The weights and biases are those of
-    all runs at once to float32 rounding, and those of XLA's products of the full matrices."""
+    """The kernel formulation on the CPU takes a segment's steps a block of runs at a time:
+    natively (Gram matrices as interleaved triangles), each thread a block of the fewest
+    groups (3 seeds of 30 filters, 2 lanes: 1 group) or runs (1 seed of 8 runs of 4 filters,
+    16 or 8 lanes: 4 or 2 runs) that hold whole sets of lanes, or of groups that share their
+    sets (16 seeds of 10 filters: 8 or 4 groups a set); in XLA (full matrices) blocks of about
+    ``kernel_block_bytes``, one after the other in a loop. The weights and biases are those of
+    XLA's steps of all runs at once to float32 rounding."""
     raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
                     model={"width": width, "bias": True},
                     prune={"fraction": [i / 10 for i in range(fractions)]},
@@ -253,16 +302,19 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
     assert lanes == math.gcd(seeds * fractions * 2 * width, cpu_update.vector_lanes())
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native", "kernel_block_bytes"))
     runs = {}
-    for native, block_bytes in ((True, 1), (True, train.UNBLOCKED), (False, train.UNBLOCKED)):
+    for native, block_bytes in ((True, 1), (False, 1), (False, train.UNBLOCKED)):
         args = (state0, params, groups, jnp.int32(30))
         kwargs = dict(static=static, native=native, kernel_block_bytes=block_bytes)
-        runs[native, block_bytes] = (loop.lower(*args, **kwargs).as_text().count("stablehlo.while"),
-                                     loop(*args, **kwargs).net)
-    (blocked_loops, blocked), (whole_loops, whole), (_, xla) = runs.values()
-    assert blocked_loops == whole_loops + 1  # the loop over blocks
+        text = loop.lower(*args, **kwargs).as_text()
+        runs[native, block_bytes] = (text.count("stablehlo.while"),
+                                     text.count("jaxprune_kernel_steps"), loop(*args, **kwargs).net)
+    (_, native_calls, native), (blocked_loops, xla_calls, blocked), (whole_loops, _, whole) = \
+        runs.values()
+    assert (native_calls, xla_calls) == (1, 0)  # one native call, its own blocks
+    assert blocked_loops == whole_loops + 1  # XLA's loop over blocks
     assert np.abs(np.asarray(whole.w) - np.asarray(state0.net.w)).max() > 1e-2
-    # XLA may order a block's float32 sums otherwise than the whole chunk's (a few ulps).
-    for got, want, tol in ((blocked, whole, 1e-6), (whole, xla, 1e-5)):
+    # A block's float32 sums may be ordered otherwise than the whole chunk's (a few ulps).
+    for got, want, tol in ((blocked, whole, 1e-6), (native, whole, 1e-5)):
         np.testing.assert_allclose(got.w, want.w, rtol=0, atol=tol * np.abs(want.w).max())
         np.testing.assert_allclose(got.b, want.b, rtol=0, atol=tol * np.abs(want.b).max())
 
