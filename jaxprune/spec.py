@@ -92,12 +92,13 @@ class Static:
 
 
 #: Where the CPU reads the Gram matrices as triangles, the kernel step pays from d = this
-#: many times n. With its product 4 rows and 16 filters at a time and the support's sums inside
-#: it, it ran 1.05 / 1.14-1.65 / 1.91-1.94 / 2.48x as many run-steps a second as the direct
-#: step at d / n = 2 / 3 / 4 / 5, the Gram build repaid after 79-104 steps at d / n = 4 and
-#: 331-609 with one run per seed at 3 (``benchmarks/kernel_crossover.py``,
-#: ``benchmarks/RESULTS.md``, 2026-12-06, 18:55 UTC); before those, it paid from 6.
-KERNEL_MIN_D_PER_N = 4
+#: many times n. As one native call a segment, loss head included, it ran 1.08 / 1.31-1.48 /
+#: 1.81-2.06x as many run-steps a second as the direct step at d / n = 1.5 / 2 / 3, the Gram
+#: build repaid after 1,083 / 142-297 / 71-145 steps (``benchmarks/kernel_crossover.py``,
+#: ``benchmarks/RESULTS.md``, 2026-12-06, 20:20 UTC). At d = 2 n it would be repaid only near
+#: 3 n steps with one run per seed, for Gram matrices 25x the weights; before, it paid from 4
+#: and, before that, from 6.
+KERNEL_MIN_D_PER_N = 3
 
 
 def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
@@ -106,8 +107,8 @@ def kernel_pays(n: int, d: int, steps: int, triangles: bool) -> bool:
     multiplies by d columns (4 n d FLOPs a filter), and building the Gram matrices once costs
     some direct steps. So: where they are at most twice the weights (``n^2 <= 2 d``) and
     ``steps >= n``; or, read as ``triangles`` by the CPU's native products, where
-    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 3 n`` (the build was repaid after about n
-    steps at d / n = 4). Full matrices read by XLA (accelerators,
+    ``d >= KERNEL_MIN_D_PER_N * n`` and ``steps >= 3 n`` (the build was repaid after 1-1.5 n
+    steps at d / n = 3). Full matrices read by XLA (accelerators,
     CPUs without the native products) keep the first rule: on the CPU they ran 0.77-1.09x the
     direct step at d / n = 10."""
     return (n * n <= 2 * d and steps >= n) or (
