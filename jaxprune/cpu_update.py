@@ -3,6 +3,7 @@
     P = W Z^T                                   (the forward product, per group)
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update; both OpenBLAS sgemm calls)
     Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
+    a segment of kernel steps, loss head included (``kernel_steps``)
 
 ``update_and_project`` does the update and then the next step's P of each block of rows while
 the block is still in cache, so that a step reads W from memory once (with the loss head of
@@ -19,8 +20,8 @@ projections are its own kernel where that pays (``PROJECTIONS``; OpenBLAS's sgem
 thin product at 70-85 % of its square speed, the kernel at 95-98 %). ``symmetric_products``
 reads each K_f as its upper triangle only (``pack_upper``), those of ``vector_lanes()`` filters
 interleaved (``interleave``) so that it works on that many filters at once: the kernel
-formulation's step is bound by reading the K_f (from the last-level cache, where
-``train._kernel_loop`` takes a block of runs through a segment's steps together).
+formulation's step is bound by reading the K_f (from the caches, where ``kernel_steps``, or
+in XLA ``train._kernel_loop``, takes a block of runs through a segment's steps together).
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``$XDG_CACHE_HOME/jaxprune``, else ``~/.cache/jaxprune``),
 and calls the OpenBLAS that numpy's wheel ships.
@@ -50,7 +51,7 @@ import numpy as np
 
 __all__ = ["available", "status", "gram_triangles", "update_and_project", "projections",
            "vector_lanes", "pack_upper", "lanes", "interleave", "deinterleave",
-           "symmetric_products"]
+           "symmetric_products", "kernel_steps"]
 
 #: The custom calls of ``cpu_update.cc``.
 TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products",

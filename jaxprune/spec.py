@@ -95,7 +95,7 @@ class Static:
 #: many times n. As one native call a segment, loss head included, it ran 1.08 / 1.31-1.48 /
 #: 1.81-2.06x as many run-steps a second as the direct step at d / n = 1.5 / 2 / 3, the Gram
 #: build repaid after 1,083 / 142-297 / 71-145 steps (``benchmarks/kernel_crossover.py``,
-#: ``benchmarks/RESULTS.md``, 2026-12-06, 20:20 UTC). At d = 2 n it would be repaid only near
+#: ``benchmarks/RESULTS.md``, 2026-12-06, 19:20 UTC). At d = 2 n it would be repaid only near
 #: 3 n steps with one run per seed, for Gram matrices 25x the weights; before, it paid from 4
 #: and, before that, from 6.
 KERNEL_MIN_D_PER_N = 3
