@@ -187,11 +187,12 @@ def test_native_symmetric_products_name_a_wrong_layout(native):
 def _float32_chunk(bias=False, **sections):
     """A float32 chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation; other
     fields of the sweep's sections as given."""
-    raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
-                    model={"width": 5, "bias": bias}, prune={"fraction": [0.0, 0.5, 0.9]},
-                    sweep={"seeds": 3})
-    raw = tiny_dict(**{name: {**raw.get(name, {}), **fields} for name, fields in sections.items()},
-                    **{name: fields for name, fields in raw.items() if name not in sections})
+    fields = {"data": {"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
+              "model": {"width": 5, "bias": bias}, "prune": {"fraction": [0.0, 0.5, 0.9]},
+              "sweep": {"seeds": 3}}
+    for name, more in sections.items():
+        fields[name] = {**fields.get(name, {}), **more}
+    raw = tiny_dict(**fields)
     table = sweep_from_dict(raw).run_table()
     (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
     static = dataclasses.replace(chunk.static, formulation="direct")
@@ -308,13 +309,13 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
         text = loop.lower(*args, **kwargs).as_text()
         runs[native, block_bytes] = (text.count("stablehlo.while"),
                                      text.count("jaxprune_kernel_steps"), loop(*args, **kwargs).net)
-    (_, native_calls, native), (blocked_loops, xla_calls, blocked), (whole_loops, _, whole) = \
+    (_, native_calls, natively), (blocked_loops, xla_calls, blocked), (whole_loops, _, whole) = \
         runs.values()
     assert (native_calls, xla_calls) == (1, 0)  # one native call, its own blocks
     assert blocked_loops == whole_loops + 1  # XLA's loop over blocks
     assert np.abs(np.asarray(whole.w) - np.asarray(state0.net.w)).max() > 1e-2
     # A block's float32 sums may be ordered otherwise than the whole chunk's (a few ulps).
-    for got, want, tol in ((blocked, whole, 1e-6), (native, whole, 1e-5)):
+    for got, want, tol in ((blocked, whole, 1e-6), (natively, whole, 1e-5)):
         np.testing.assert_allclose(got.w, want.w, rtol=0, atol=tol * np.abs(want.w).max())
         np.testing.assert_allclose(got.b, want.b, rtol=0, atol=tol * np.abs(want.b).max())
 
