@@ -127,7 +127,8 @@ enum Projection : int64_t { kBlas = 0, kOwnWherePays = 1, kOwn = 2 };
 // Where our kernel pays ("auto"; benchmarks/RESULTS.md, 2026-12-06, 03:06 UTC and 19:20 UTC):
 // with at least one panel (n >= 16) it ran 1.2-2.0x sgemm's speed for n = 16 to 100 (its dot
 // tiles for the last n mod 16 columns too, since they keep their sums in registers); below,
-// sgemm was faster on 100 rows of W or fewer. Z is packed once per call for groups of
+// with dot tiles only, sgemm was faster at n = 4-8 on 100 rows of W or fewer, and at n = 12
+// on 40. Z is packed once per call for groups of
 // kOwnMinRows rows or more; below, per block (12 us for n = 100, d = 1000), where a block has
 // at least kOwnMinBlockRows rows (sgemm was 2.4x faster on 8 rows, 0.63x as fast on 16, 0.82x
 // on 100).
@@ -846,7 +847,8 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   const int64_t lanes = upper_dims.size() == 4 ? upper_dims[3] : 0;
   const SymmetricKernel kernel = SymmetricFor(lanes);
   if (kernel == nullptr || upper.element_count() != filters * packed || runs * 2 * m != filters ||
-      labels.element_count() != runs * n || clean.element_count() != groups * n ||
+      labels.element_count() != runs * n || weights.element_count() != runs * n ||
+      filter_weight.element_count() != runs * m || clean.element_count() != groups * n ||
       b_in.element_count() != filters) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxprune: kernel_steps got inconsistent shapes");

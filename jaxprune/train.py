@@ -276,12 +276,13 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: (``benchmarks/eval_blocks.py``, ``benchmarks/RESULTS.md``, 2026-12-04).
 EVAL_BLOCK_BYTES = 1 << 22
 
-#: Bytes of Gram matrices of one block of runs of the kernel formulation on the CPU, which
-#: takes a segment's steps a block at a time (``_kernel_loop``): half the last-level cache
-#: (4-32 MiB; 16 MiB where it is unknown), so that a block's Gram matrices stay there from
-#: step to step. On a 32 MiB L3 (``benchmarks/RESULTS.md``, 2026-12-06, 15:00 UTC), 16 MiB
-#: blocks ran 1.2-1.4x (one run per seed) to 1.8-1.9x (one seed) as many run-steps a second
-#: as no blocks at the paper's sizes; 8 MiB and 32 MiB less.
+#: Bytes of Gram matrices of one block of runs of the kernel formulation with XLA's products on
+#: the CPU (where the native ones do not run: ``cpu_update.kernel_steps`` picks its own blocks),
+#: which takes a segment's steps a block at a time (``_kernel_loop``): half the last-level cache
+#: (4-32 MiB; 16 MiB where it is unknown), so that a block's Gram matrices stay there from step
+#: to step. On a 32 MiB L3 (``benchmarks/RESULTS.md``, 2026-12-06, 15:00 UTC), 16 MiB blocks ran
+#: 1.2-1.4x (one run per seed) to 1.8-1.9x (one seed) as many run-steps a second as no blocks at
+#: the paper's sizes; 8 MiB and 32 MiB less.
 KERNEL_BLOCK_BYTES = cpu_update.cache_bytes(3, 32 << 20, 8 << 20, 64 << 20) // 2
 
 #: Block bytes of the GD update and the direct step on an accelerator: no blocks. Blocks are
