@@ -1,6 +1,7 @@
 """The matrix products of plain GD as native calls on the CPU (XLA FFI custom calls):
 
-    P = W Z^T                                   (the forward product, per group)
+    P = W Z^T                                   (the forward product, per group; in blocks
+                                                 of examples too for the test set's, ``projections``)
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update; both OpenBLAS sgemm calls)
     Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
     a segment of kernel steps, loss head included (``kernel_steps``)
@@ -260,13 +261,18 @@ def update_and_project(w, proj, step_noise, step_support, mask, z, project, supp
                 projection=np.int64(PROJECTIONS[projection]))
 
 
-def projections(w, z, block_bytes: int = BLOCK_BYTES, projection: str = "auto") -> jax.Array:
-    """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and Z ``(S, n, d)``, in the
-    blocks of ``update_and_project``; on the CPU only."""
+def projections(w, z, block_bytes: int = BLOCK_BYTES, projection: str = "auto",
+                column_bytes: int = 0, first_group=0) -> jax.Array:
+    """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and groups ``first_group`` to
+    ``first_group + S - 1`` of Z ``(S', n, d)`` (a scalar, traced or not: a slice of Z that
+    XLA does not copy), in the blocks of ``update_and_project``, each also cut into blocks of
+    about ``column_bytes`` of Z (a multiple of 16 of its rows) where that is > 0; on the CPU
+    only."""
     _load()
     shape = jax.ShapeDtypeStruct(w.shape[:2] + z.shape[1:2], w.dtype)
-    return jax.ffi.ffi_call(TARGETS[1], shape)(w, z, block_bytes=np.int64(max(1, block_bytes)),
-                                               projection=np.int64(PROJECTIONS[projection]))
+    return jax.ffi.ffi_call(TARGETS[1], shape)(
+        w, z, jnp.asarray(first_group, jnp.int32), block_bytes=np.int64(max(1, block_bytes)),
+        projection=np.int64(PROJECTIONS[projection]), column_bytes=np.int64(max(0, column_bytes)))
 
 
 @functools.cache

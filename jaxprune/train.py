@@ -130,6 +130,16 @@ def outputs(net: Network, ctx: Context, samples: Samples, static: Static,
                         static) + noise
 
 
+def outputs_by_filter(net: Network, ctx: Context, samples: Samples, static: Static,
+                      noise_proj: jax.Array) -> jax.Array:
+    """``outputs`` from the examples' projections laid out by filter, ``(2, m, N)``, the
+    noise share formed for all examples at once."""
+    b = None if net.b is None else net.b[..., None]
+    noise = patch_logit(noise_preactivation(noise_proj, b, ctx), ctx, static)
+    return signal_share(signal_projection(net.w, static), net.b, samples.clean, ctx,
+                        static) + noise
+
+
 def init_scale(p: RunParams, static: Static) -> jax.Array:
     """The factor of the standard draws in ``W(0)``: ``init_std`` (normal) or ``1/sqrt(d)``."""
     if static.init == "normal":
@@ -275,6 +285,12 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: R = 256) and from 1.40x to 1.28x (d = 1000, R = 256); 1 MiB was up to 1.2x slower
 #: (``benchmarks/eval_blocks.py``, ``benchmarks/RESULTS.md``, 2026-12-04).
 EVAL_BLOCK_BYTES = 1 << 22
+
+#: Bytes of test examples a block of the evaluation's native test projections takes
+#: (``cpu_update.projections``' column blocks): half one core's L2 cache, so that a block's
+#: examples, packed, stay there while the block's rows of W pass, and a block of runs with
+#: many test examples is shared among the threads.
+TEST_COLUMN_BYTES = cpu_update.cache_bytes(2, 1 << 19, 1 << 18, 1 << 23) // 2
 
 #: Bytes of Gram matrices of one block of runs of the kernel formulation with XLA's products on
 #: the CPU (where the native ones do not run: ``cpu_update.kernel_steps`` picks its own blocks),
@@ -737,17 +753,18 @@ def _initial_projections(mask, params: RunParams, groups: GroupData, static: Sta
 
 
 def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
-                 static: Static):
+                 static: Static, test_proj=None):
     """Metrics of one run; ``initial_proj`` is ``<W(0)[j,r], z_i>`` of its training examples
-    ``(n, 2, m)`` (see ``_initial_projections``)."""
+    ``(n, 2, m)`` (see ``_initial_projections``); ``test_proj``, where given, those of W and
+    the test examples, ``(2, m, n_test)``."""
     dtype = static.float_dtype
     ctx = context(p, static)
     real_filter = jnp.arange(static.width) < p.width
 
-    def loss_and_error(samples, count, padded, noise_proj=None):
+    def loss_and_error(samples, count, padded, out):
         labels = observed_labels(samples, p.label_flip)
         weights = sample_weights(count, padded, dtype)
-        margin = labels * outputs(net, ctx, samples, static, noise_proj)
+        margin = labels * out
         # A non-finite margin counts as an error. Errors are counted, then divided once, so
         # that the rate is k/n correctly rounded (a float32 sum of 1/n weights reached
         # 1.0000002).
@@ -756,9 +773,11 @@ def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
         return jnp.sum(weights * example_loss(margin)), error, labels, weights
 
     train_proj = noise_projections(net.w, g.train)
-    train_loss, train_error, labels, weights = loss_and_error(g.train, p.n, static.n,
-                                                              train_proj)
-    test_loss, test_error, _, _ = loss_and_error(g.test, p.n_test, static.n_test)
+    train_loss, train_error, labels, weights = loss_and_error(
+        g.train, p.n, static.n, outputs(net, ctx, g.train, static, train_proj))
+    test_out = (outputs(net, ctx, g.test, static) if test_proj is None else
+                outputs_by_filter(net, ctx, g.test, static, test_proj))
+    test_loss, test_error, _, _ = loss_and_error(g.test, p.n_test, static.n_test, test_out)
 
     # The feature measures are linear in W - W(0), so they are differences of projections;
     # W(0) is formed on the signal support only (no W-sized copy).
@@ -884,14 +903,33 @@ def _compiler_options() -> dict[str, str]:
 COMPILER_OPTIONS = _compiler_options()
 
 
+def _native_test_projections(static: Static) -> bool:
+    """Whether the evaluation forms the test examples' projections with the own kernel of
+    ``cpu_update`` (where it runs: the CPU is the default backend, float32, AVX-512). Its
+    entries have the same bits whatever rows share a call, so a run's metrics still do not
+    depend on its batch; sgemm's do, and elsewhere XLA forms them one example at a time."""
+    return (jax.default_backend() == "cpu" and cpu_update.available(static.float_dtype)
+            and cpu_update.own_projection())
+
+
 def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: Static,
-              block_bytes: int = EVAL_BLOCK_BYTES) -> Metrics:
+              block_bytes: int = EVAL_BLOCK_BYTES, native: bool | None = None) -> Metrics:
     """Every run's metrics, in blocks of runs of about ``block_bytes`` of W and examples
-    (``_run_blocks``: each block is a contiguous slice of the run axis)."""
+    (``_run_blocks``: each block is a contiguous slice of the run axis); ``native``: the test
+    projections by ``cpu_update.projections`` (None: ``_native_test_projections``)."""
     examples = (static.n + static.n_test) * static.d * static.float_dtype.itemsize
     axis, k = _run_blocks(static, block_bytes, group_bytes=examples)
     part = dataclasses.replace(static, **({"group_size": k} if axis == 1 else {"groups": k}))
     runs = part.groups * part.group_size
+    if native is None:
+        native = _native_test_projections(static)
+
+    def test_projections(w, first_group):  # (runs, 2, m, d) -> (runs, 2, m, n_test)
+        s, f = part.groups, w.size // (part.groups * static.d)
+        proj = cpu_update.projections(w.reshape(s, f, static.d), groups.test.noise,
+                                      projection="own", column_bytes=TEST_COLUMN_BYTES,
+                                      first_group=first_group)
+        return proj.reshape(w.shape[:-1] + (static.n_test,))
 
     def block(i):
         # Slices inside the loop, not lax.map over arrays reshaped to (blocks, k, ...): with
@@ -901,9 +939,10 @@ def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: S
         net, mask, p = jax.tree.map(cut(runs), (state.net, state.mask, params))
         group = groups if axis == 1 else jax.tree.map(cut(k), groups)
         initial_proj = _initial_projections(mask, p, group, part)
-        metrics = over_runs(
-            lambda net, m, p0, p, group: _metrics_run(net, m, p0, p, group, part), part)
-        return metrics(net, mask, initial_proj, p, group)
+        test_proj = test_projections(net.w, 0 if axis == 1 else i * k) if native else None
+        metrics = over_runs(lambda net, m, p0, p, tp, group: _metrics_run(
+            net, m, p0, p, group, part, tp), part)
+        return metrics(net, mask, initial_proj, p, test_proj, group)
 
     out = jax.lax.map(block, jnp.arange(static.groups * static.group_size // runs))
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)

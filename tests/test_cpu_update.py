@@ -114,6 +114,27 @@ def test_own_projection_kernel_is_within_float32_summation_error(projection, F, 
     assert np.abs(exact).max() > 1.0  # the products are not all zero
 
 
+@pytest.mark.parametrize("F, n, d, columns", [(13, 113, 64, 16), (30, 200, 129, 48),
+                                              (3, 100, 1000, 32), (5, 7, 17, 16)])
+def test_projections_in_column_blocks(projection, F, n, d, columns):
+    """With the examples cut into blocks of ``columns`` (the evaluation's test examples), W Z^T
+    is still within float32 summation error of float64 in every block, the last one partial
+    (113 = 7 x 16 + 1, 200 = 4 x 48 + 8, 100 = 3 x 32 + 4, 7 < 16). With the own kernel each
+    entry has the same bits whatever rows of W share the call, so that the evaluation's
+    metrics of a run do not depend on its batch (sgemm's depend on the block's rows)."""
+    w, _, _, _, z = update_inputs(2, F, n, d, seed=F + n)
+    exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
+    bound = d * np.finfo(np.float32).eps * np.einsum("sfd,snd->sfn", np.abs(w), np.abs(z))
+    call = jax.jit(functools.partial(cpu_update.projections, block_bytes=4 * d * 13,
+                                     projection=projection, column_bytes=4 * d * columns + 7))
+    got = np.asarray(call(w, z), np.float64)
+    assert np.all(np.abs(got - exact) <= bound)
+    assert np.abs(exact).max() > 1.0
+    if projection == "own" and cpu_update.own_projection():
+        some = call(w[:, 1:F - 1], z)
+        np.testing.assert_array_equal(some, got[:, 1:F - 1].astype(np.float32))
+
+
 def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
     """``auto`` forms W Z^T with the own kernel where it has a 16-wide panel (n >= 16) and a
     block has enough rows, with Z packed once per call for a group of ``OWN_MIN_ROWS`` rows
@@ -132,6 +153,52 @@ def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
                for p in ("auto", "own", "blas")}
         assert not np.array_equal(got["own"], got["blas"])
         np.testing.assert_array_equal(got["auto"], got[expected], err_msg=f"{rows} x {n}")
+
+
+def test_projections_read_the_groups_at_an_offset(native):
+    """``first_group`` picks which groups of Z the call reads (the evaluation's blocks read
+    theirs without a copy); groups past the end of Z are an error, not a read past it."""
+    w, _, _, _, z = update_inputs(3, 20, 40, 64)
+    call = jax.jit(cpu_update.projections)
+    np.testing.assert_array_equal(call(w[:2], z, first_group=1), call(w[:2], z[1:]))
+    assert not np.array_equal(call(w[:2], z, first_group=1), call(w[:2], z[:2]))
+    with pytest.raises(Exception, match="groups past the end of Z"):
+        jax.block_until_ready(call(w[:2], z, first_group=2))
+
+
+@pytest.mark.parametrize("model", [{"activation_power": 1.0},
+                                   {"activation_power": 3.0, "bias": True, "patch_pool": "mean"}])
+def test_native_test_projections_give_xla_metrics(native, model):
+    """The evaluation with the test projections by the own kernel (200 test examples: column
+    blocks of 96, 96 and 8) gives XLA's metrics, per example, to float32 rounding, in blocks of
+    one seed (each call reading its seed's examples at an offset into all of them) and of all
+    three; and a run's metrics have the same bits in either."""
+    if not cpu_update.own_projection():
+        pytest.skip("this CPU has no AVX-512: the evaluation keeps XLA's products here")
+    static, params, groups = _float32_chunk(
+        data={"n_test": 200, "label_flip": 0.1, "signal_norm": 8.0}, model=model,
+        prune={"fraction": [0.0, 0.3, 0.6]})
+    state = train.init_state(params, groups, static)
+    state = jax.jit(train._gd_loop, static_argnames=("static", "native"))(
+        state, params, groups, jnp.int32(30), static=static, native=False)
+    evaluate = jax.jit(functools.partial(train._evaluate, static=static),
+                       static_argnames=("native", "block_bytes"))
+    one_seed = 1  # bytes: blocks of one group each
+    assert train._run_blocks(static, one_seed, 1) == (0, 1)
+    xla = evaluate(state, params, groups, native=False, block_bytes=one_seed)
+    ours = {b: evaluate(state, params, groups, native=True, block_bytes=b)
+            for b in (one_seed, train.EVAL_BLOCK_BYTES)}
+    assert train._run_blocks(static, train.EVAL_BLOCK_BYTES, 1) == (0, 3)
+    for field in ("test_loss", "test_error"):
+        want = np.asarray(getattr(xla, field))
+        got = np.asarray(getattr(ours[one_seed], field))
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=field)
+        np.testing.assert_array_equal(getattr(ours[train.EVAL_BLOCK_BYTES], field), got)
+    # The networks' test outputs are not 0 (a loss of log 2: 100x the tolerance), and differ.
+    assert np.all(np.abs(np.asarray(xla.test_loss) - np.log(2)) > 1e-4), xla.test_loss
+    assert len(set(np.asarray(xla.test_loss).round(4))) == 9
+    for field in ("train_loss", "train_error", "signal_learning_pos", "noise_memorization"):
+        np.testing.assert_array_equal(getattr(ours[one_seed], field), getattr(xla, field))
 
 
 def symmetric_inputs(S, F, n, seed=0):
