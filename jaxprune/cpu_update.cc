@@ -920,6 +920,71 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   return ffi::Error::Success();
 }
 
+// Threefry-2x32 with 20 rounds (Salmon et al. 2011), as JAX's threefry2x32 primitive computes
+// it: (y1, y2) = the hash of the counters (x1, x2) under the key (k1, k2), elementwise.
+inline void Threefry(uint32_t k1, uint32_t k2, uint32_t& x1, uint32_t& x2) {
+  static constexpr uint32_t kRotations[2][4] = {{13, 15, 26, 6}, {17, 29, 16, 24}};
+  const uint32_t ks[3] = {k1, k2, k1 ^ k2 ^ 0x1BD11BDAu};
+  uint32_t a = x1 + ks[0], b = x2 + ks[1];
+  for (uint32_t i = 0; i < 5; ++i) {
+    for (const uint32_t r : kRotations[i % 2]) {
+      a += b;
+      b = (b << r) | (b >> (32 - r));
+      b ^= a;
+    }
+    a += ks[(i + 1) % 3];
+    b += ks[(i + 2) % 3] + i + 1;
+  }
+  x1 = a;
+  x2 = b;
+}
+
+// Inlined into each build below, so that each vectorizes it for its own instructions.
+__attribute__((always_inline)) inline void ThreefryBody(
+    const uint32_t* __restrict__ k1, const uint32_t* __restrict__ k2,
+    const uint32_t* __restrict__ x1, const uint32_t* __restrict__ x2, uint32_t* __restrict__ y1,
+    uint32_t* __restrict__ y2, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t a = x1[i], b = x2[i];
+    Threefry(k1[i], k2[i], a, b);
+    y1[i] = a;
+    y2[i] = b;
+  }
+}
+
+void ThreefryBlock(const uint32_t* k1, const uint32_t* k2, const uint32_t* x1,
+                   const uint32_t* x2, uint32_t* y1, uint32_t* y2, int64_t count) {
+  ThreefryBody(k1, k2, x1, x2, y1, y2, count);
+}
+
+#if defined(__x86_64__)
+JAXPRUNE_AVX512 void ThreefryBlockAvx512(const uint32_t* k1, const uint32_t* k2,
+                                         const uint32_t* x1, const uint32_t* x2, uint32_t* y1,
+                                         uint32_t* y2, int64_t count) {
+  ThreefryBody(k1, k2, x1, x2, y1, y2, count);
+}
+#endif
+
+// JAX's threefry2x32 primitive on the CPU (cpu_update.py registers it as its lowering there):
+// its four operands broadcast to the outputs' shape, as JAX's GPU kernel takes them.
+ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1,
+                        ffi::Buffer<ffi::U32> k2, ffi::Buffer<ffi::U32> x1,
+                        ffi::Buffer<ffi::U32> x2, ffi::ResultBuffer<ffi::U32> y1,
+                        ffi::ResultBuffer<ffi::U32> y2) {
+  const int64_t count = x1.element_count();
+  auto block = ThreefryBlock;
+#if defined(__x86_64__)
+  if (OwnKernelRuns()) block = ThreefryBlockAvx512;
+#endif
+  constexpr int64_t kBlock = 1 << 16;
+  ParallelFor(pool, (count + kBlock - 1) / kBlock, [&](int64_t i) {
+    const int64_t first = i * kBlock, size = std::min(kBlock, count - first);
+    block(k1.typed_data() + first, k2.typed_data() + first, x1.typed_data() + first,
+          x2.typed_data() + first, y1->typed_data() + first, y2->typed_data() + first, size);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Whether ProjectRows runs on this CPU (AVX-512).
@@ -998,3 +1063,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_kernel_steps, KernelSteps,
                                   .Attr<float>("power")
                                   .Attr<int64_t>("support")
                                   .Attr<int64_t>("bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_threefry2x32, Threefry2x32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // k1
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // k2
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // x1
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // x2
+                                  .Ret<ffi::Buffer<ffi::U32>>()   // y1
+                                  .Ret<ffi::Buffer<ffi::U32>>()); // y2

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib
 import math
 import os
 import pathlib
@@ -50,13 +51,13 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "gram_triangles", "update_and_project", "projections",
-           "vector_lanes", "pack_upper", "lanes", "interleave", "deinterleave",
+__all__ = ["available", "status", "prepare_cpu", "gram_triangles", "update_and_project",
+           "projections", "vector_lanes", "pack_upper", "lanes", "interleave", "deinterleave",
            "symmetric_products", "kernel_steps"]
 
 #: The custom calls of ``cpu_update.cc``.
 TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products",
-           "jaxprune_kernel_steps")
+           "jaxprune_kernel_steps", "jaxprune_threefry2x32")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
 #: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
 #: -ffp-contract=off so that ``symmetric_products`` gives the same numbers on every CPU.
@@ -185,8 +186,48 @@ def _register() -> str:
     own = ("; W Z^T by its own AVX-512 kernel where it pays"
            if lib.jaxprune_own_projection() else "")
     lanes = f"; Gram matrices read {lib.jaxprune_vector_lanes()} filters at a time"
-    return (f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}{lanes}, "
+    threefry = ("; JAX's threefry hash natively" if _lower_threefry_natively() else
+                "; JAX's threefry hash as JAX lowers it (its internals have moved)")
+    return (f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}{lanes}{threefry}, "
             f"built at {path}")
+
+
+def _lower_threefry_natively() -> bool:
+    """Makes ``jaxprune_threefry2x32`` the CPU lowering of JAX's ``threefry2x32`` primitive,
+    the hash behind every ``jax.random`` draw (as JAX's own CUDA kernel is on GPUs): the same
+    bits, since the hash is integer arithmetic, and for ``train.make_groups`` at the paper's
+    sizes a 3x smaller compile (0.6 s instead of 1.7 s) and 1.4x faster draws than JAX's
+    rolled loop of 5 passes over the counters (``benchmarks/RESULTS.md``, 2026-12-06, 22:00
+    UTC). It reaches into JAX's internals; where they are not where this expects, JAX's own
+    lowering stays. Returns whether it is registered."""
+    try:
+        from jax._src.interpreters import mlir
+        primitive = None
+        for module in ("jax._src.random.threefry2x32", "jax._src.prng"):
+            try:
+                primitive = importlib.import_module(module).threefry2x32_p
+                break
+            except (ImportError, AttributeError):
+                continue
+        if primitive is None:
+            return False
+    except ImportError:
+        return False
+    hash_lowering = jax.ffi.ffi_lowering(TARGETS[4])
+
+    def lowering(ctx, *operands):
+        # As JAX's CUDA lowering: the keys and counters broadcast to the outputs' shape.
+        aval_out = ctx.avals_out[0]
+        if 0 in aval_out.shape:
+            zeros = mlir.full_like_aval(ctx, 0, aval_out)
+            return [zeros, zeros]
+        rank = len(aval_out.shape)
+        broadcast = [mlir.broadcast_in_dim(ctx, x, aval_out, broadcast_dimensions=range(
+            rank - len(aval.shape), rank)) for x, aval in zip(operands, ctx.avals_in)]
+        return hash_lowering(ctx.replace(avals_in=(aval_out,) * 4), *broadcast)
+
+    mlir.register_lowering(primitive, lowering, platform="cpu")
+    return True
 
 
 @functools.cache
@@ -214,6 +255,14 @@ def status() -> str:
         return _load()
     except Unavailable as why:
         return f"XLA: {why}"
+
+
+def prepare_cpu() -> None:
+    """Builds and registers the native calls where the CPU is JAX's default backend (nothing
+    elsewhere), so that what is lowered next can use them: among them JAX's threefry hash
+    (``_lower_threefry_natively``), which ``train.make_groups`` lowers."""
+    if jax.default_backend() == "cpu":
+        status()
 
 
 def available(dtype=np.float32) -> bool:

@@ -855,6 +855,7 @@ def make_groups(seeds: jax.Array, static: Static) -> GroupData:
     """The data and draws of each of the S seeds, ``(S, ...)``, made a few seeds at a time
     (about ``BLOCK_BYTES`` each): the random draws' temporaries then stay small (vmapped over
     all seeds at once, 1.5x the data; ``benchmarks/RESULTS.md``)."""
+    cpu_update.prepare_cpu()  # before this program is lowered: the native threefry hash
     one = lambda s: group_data(s, static)  # noqa: E731
     group = jax.eval_shape(one, seeds[0])
     group_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(group))

@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import math
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -199,6 +200,64 @@ def test_native_test_projections_give_xla_metrics(native, model):
     assert len(set(np.asarray(xla.test_loss).round(4))) == 9
     for field in ("train_loss", "train_error", "signal_learning_pos", "noise_memorization"):
         np.testing.assert_array_equal(getattr(ours[one_seed], field), getattr(xla, field))
+
+
+def threefry_reference(key1, key2, x1, x2):
+    """Threefry-2x32, 20 rounds (Salmon et al. 2011), in numpy's uint32 arithmetic."""
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    ks = (key1, key2, key1 ^ key2 ^ np.uint32(0x1BD11BDA))
+    a, b = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in rotations[i % 2]:
+            a = a + b
+            b = (b << np.uint32(r)) | (b >> np.uint32(32 - r))
+            b = b ^ a
+        a = a + ks[(i + 1) % 3]
+        b = b + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return a, b
+
+
+def test_native_threefry_hash(native):
+    """``jaxprune_threefry2x32`` gives Random123's known answers for Threefry-2x32-20 and the
+    reference's hash of 100,003 random keys and counters (more than one block of the call)."""
+    call = jax.ffi.ffi_call("jaxprune_threefry2x32",
+                            (jax.ShapeDtypeStruct((3,), np.uint32),) * 2)
+    known = np.array([[0, 0, 0, 0, 0x6B200159, 0x99BA4EFE],
+                      [0xFFFFFFFF] * 4 + [0x1CB996FC, 0xBB002BE7],
+                      [0x13198A2E, 0x03707344, 0x243F6A88, 0x85A308D3, 0xC4923A9C,
+                       0x483DF7A0]], np.uint32)
+    got = call(*(known[:, i] for i in range(4)))
+    np.testing.assert_array_equal(np.stack(got, axis=1), known[:, 4:])
+    words = np.random.default_rng(0).integers(0, 2**32, (4, 100_003), dtype=np.uint32)
+    call = jax.ffi.ffi_call("jaxprune_threefry2x32",
+                            (jax.ShapeDtypeStruct((100_003,), np.uint32),) * 2)
+    for got, want in zip(call(*words), threefry_reference(*words)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_data_drawn_with_the_native_hash_are_jaxs(native, tmp_path):
+    """A chunk's data and draws (``train.make_groups``) with the native threefry hash as JAX's
+    CPU lowering are the same bits as with JAX's own lowering (a process with the native calls
+    off)."""
+    assert "threefry hash natively" in cpu_update.status()
+    static, _, _ = _float32_chunk(data={"noise_orthogonal": True, "n_test": 33},
+                                  model={"init": "uniform_fan_in"})
+    (tmp_path / "static.pkl").write_bytes(pickle.dumps(static))
+    seeds = [7, 2**31 + 5, 123456789]
+    script = (
+        "import pickle, numpy as np, jax, jax.numpy as jnp\n"
+        "from jaxprune import cpu_update, train\n"
+        "assert cpu_update.status().startswith('XLA'), cpu_update.status()\n"
+        "static = pickle.load(open('static.pkl', 'rb'))\n"
+        f"seeds = jnp.asarray({seeds}, jnp.uint32)\n"
+        "np.savez('jax.npz', *jax.tree.leaves(train.make_groups(seeds, static)))\n")
+    env = dict(os.environ, JAXPRUNE_NATIVE_UPDATE="0")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=tmp_path)
+    theirs = np.load(tmp_path / "jax.npz")
+    ours = jax.tree.leaves(train.make_groups(jnp.asarray(seeds, jnp.uint32), static))
+    assert len(ours) == len(theirs.files)
+    for i, leaf in enumerate(ours):
+        np.testing.assert_array_equal(leaf, theirs[f"arr_{i}"])
 
 
 def symmetric_inputs(S, F, n, seed=0):
