@@ -197,6 +197,26 @@ def test_pruned_weights_stay_exactly_zero_for_every_optimizer():
         assert np.count_nonzero(w[mask]) == mask.sum()  # and the kept weights did move
 
 
+@pytest.mark.parametrize("name, formulation", CASES)
+def test_advance_of_no_steps_is_evaluate(name, formulation):
+    """``advance`` of 0 steps leaves the state as it was, bit for bit, and gives ``evaluate``'s
+    metrics: the engine takes a chunk's metrics at step 0 from it (one program fewer)."""
+    _, table, chunk = build(OPTION_SETS[name])
+    static = dataclasses.replace(chunk.static, formulation=formulation)
+    _, params, groups = chunk_data(table, chunk, static)
+    state = train.init_state(params, groups, static)
+    want = jax.device_get(train.evaluate(state, params, groups, static))
+    before = jax.device_get(state)
+    gram = train.build_gram(state.mask, groups, static)
+    after, got = jax.device_get(train.advance(state, params, groups, jnp.int32(0), static,
+                                              gram))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(want.train_loss)).max() > 0
+
+
 def test_new_swept_values_do_not_recompile():
     base = dict(OPTION_SETS["padded-defaults"])
     _, table, chunk = build(base)
