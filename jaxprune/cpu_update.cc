@@ -4,6 +4,7 @@
 //     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
 //     Y_f = K_f A_f                                K_f: symmetric n x n, upper triangles
 //     the kernel formulation's segment of GD      jaxprune_kernel_steps, its loss head too
+//     JAX's threefry2x32 hash                     jaxprune_threefry2x32
 //
 // jaxprune_update_project does the update and then, while the block's rows of W are still in
 // cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself

@@ -1,10 +1,11 @@
 """The matrix products of plain GD as native calls on the CPU (XLA FFI custom calls):
 
-    P = W Z^T                                   (the forward product, per group; in blocks
-                                                 of examples too for the test set's, ``projections``)
+    P = W Z^T                                   (the forward product, per group; also the
+                                                 evaluation's, in blocks of test examples)
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update; both OpenBLAS sgemm calls)
     Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
     a segment of kernel steps, loss head included (``kernel_steps``)
+    JAX's threefry hash, as its lowering on the CPU (``_lower_threefry_natively``)
 
 ``update_and_project`` does the update and then the next step's P of each block of rows while
 the block is still in cache, so that a step reads W from memory once (with the loss head of
@@ -195,11 +196,11 @@ def _register() -> str:
 def _lower_threefry_natively() -> bool:
     """Makes ``jaxprune_threefry2x32`` the CPU lowering of JAX's ``threefry2x32`` primitive,
     the hash behind every ``jax.random`` draw (as JAX's own CUDA kernel is on GPUs): the same
-    bits, since the hash is integer arithmetic, and for ``train.make_groups`` at the paper's
-    sizes a 3x smaller compile (0.6 s instead of 1.7 s) and 1.4x faster draws than JAX's
-    rolled loop of 5 passes over the counters (``benchmarks/RESULTS.md``, 2026-12-06, 22:00
-    UTC). It reaches into JAX's internals; where they are not where this expects, JAX's own
-    lowering stays. Returns whether it is registered."""
+    bits, since the hash is integer arithmetic, and ``train.make_groups`` compiled in 0.6-0.9 s
+    instead of 1.5-2.8 s and ran 1.0-1.9x faster than with JAX's rolled loop of 5 passes over
+    the counters (``benchmarks/RESULTS.md``, 2026-12-06, 21:22 UTC). It reaches into JAX's
+    internals; where they are not where this expects, JAX's own lowering stays. Returns
+    whether it is registered."""
     try:
         from jax._src.interpreters import mlir
         primitive = None

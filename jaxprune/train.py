@@ -926,8 +926,9 @@ def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: S
         native = _native_test_projections(static)
 
     def test_projections(w, first_group):  # (runs, 2, m, d) -> (runs, 2, m, n_test)
-        s, f = part.groups, w.size // (part.groups * static.d)
-        proj = cpu_update.projections(w.reshape(s, f, static.d), groups.test.noise,
+        filters = part.group_size * 2 * static.width
+        proj = cpu_update.projections(w.reshape(part.groups, filters, static.d),
+                                      groups.test.noise,
                                       projection="own", column_bytes=TEST_COLUMN_BYTES,
                                       first_group=first_group)
         return proj.reshape(w.shape[:-1] + (static.n_test,))
