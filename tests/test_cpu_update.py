@@ -21,6 +21,7 @@ from jaxprune import cpu_update, train
 from jaxprune.config import sweep_from_dict
 from jaxprune.plan import plan_chunks
 from jaxprune.spec import run_params_from_table
+from test_train import assert_advance_of_no_steps_is_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -159,19 +160,10 @@ def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
 @pytest.mark.parametrize("formulation", ["direct", "kernel"])
 def test_advance_of_no_steps_is_evaluate_with_native_products(native, formulation):
     """As ``test_train.test_advance_of_no_steps_is_evaluate``, in float32 with the native
-    products: the state the same bits, the metrics ``evaluate``'s."""
+    products."""
     static, params, groups = _float32_chunk(bias=True)
     static = dataclasses.replace(static, formulation=formulation)
-    state = train.init_state(params, groups, static)
-    want = jax.device_get(train.evaluate(state, params, groups, static))
-    before = jax.device_get(state)
-    gram = train.build_gram(state.mask, groups, static)
-    after, got = jax.device_get(train.advance(state, params, groups, jnp.int32(0), static,
-                                              gram))
-    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
+    assert_advance_of_no_steps_is_evaluate(params, groups, static)
 
 
 def test_projections_read_the_groups_at_an_offset(native):

@@ -197,13 +197,9 @@ def test_pruned_weights_stay_exactly_zero_for_every_optimizer():
         assert np.count_nonzero(w[mask]) == mask.sum()  # and the kept weights did move
 
 
-@pytest.mark.parametrize("name, formulation", CASES)
-def test_advance_of_no_steps_is_evaluate(name, formulation):
-    """``advance`` of 0 steps leaves the state as it was, bit for bit, and gives ``evaluate``'s
-    metrics: the engine takes a chunk's metrics at step 0 from it (one program fewer)."""
-    _, table, chunk = build(OPTION_SETS[name])
-    static = dataclasses.replace(chunk.static, formulation=formulation)
-    _, params, groups = chunk_data(table, chunk, static)
+def assert_advance_of_no_steps_is_evaluate(params, groups, static):
+    """``advance`` of 0 steps leaves a fresh state as it was, bit for bit, and gives
+    ``evaluate``'s metrics: the engine takes a chunk's metrics at step 0 from it."""
     state = train.init_state(params, groups, static)
     want = jax.device_get(train.evaluate(state, params, groups, static))
     before = jax.device_get(state)
@@ -215,6 +211,15 @@ def test_advance_of_no_steps_is_evaluate(name, formulation):
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert np.abs(np.asarray(want.train_loss)).max() > 0
+
+
+@pytest.mark.parametrize("name, formulation", CASES)
+def test_advance_of_no_steps_is_evaluate(name, formulation):
+    """Step 0's metrics from ``advance`` (one program fewer a chunk), in float64."""
+    _, table, chunk = build(OPTION_SETS[name])
+    static = dataclasses.replace(chunk.static, formulation=formulation)
+    _, params, groups = chunk_data(table, chunk, static)
+    assert_advance_of_no_steps_is_evaluate(params, groups, static)
 
 
 def test_new_swept_values_do_not_recompile():
