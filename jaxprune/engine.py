@@ -389,7 +389,7 @@ def _run_chunk(sweep: Sweep, table: RunTable, chunk: Chunk, out: Path, bar, log)
     gram = train.build_gram(state.mask, groups, static)  # None unless the kernel formulation
     if restored is None:
         # The metrics at step 0 from `advance` of no steps, the program of every segment: with
-        # `evaluate` a chunk compiled one more (0.6-0.9 s, a tenth of the quick sweep).
+        # `evaluate` a chunk compiled one more (0.6-0.9 s on the CPU at the sweeps' sizes).
         state, first = train.advance(state, params, groups, jnp.int32(0), static, gram)
         first = jax.device_get(first)
         history = {"step": np.zeros(1, np.int64),
