@@ -973,6 +973,11 @@ ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1,
                         ffi::Buffer<ffi::U32> x2, ffi::ResultBuffer<ffi::U32> y1,
                         ffi::ResultBuffer<ffi::U32> y2) {
   const int64_t count = x1.element_count();
+  if (k1.element_count() != count || k2.element_count() != count ||
+      x2.element_count() != count) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxprune: threefry2x32's keys and counters differ in size");
+  }
   auto block = ThreefryBlock;
 #if defined(__x86_64__)
   if (OwnKernelRuns()) block = ThreefryBlockAvx512;
