@@ -1,19 +1,18 @@
 // The matrix products of plain GD as XLA:CPU custom calls (see cpu_update.py):
 //
 //     P = W Z^T                                    W, M: (S, F, d)  Z: (S, n, d)
+//     the direct formulation's segment of GD      jaxprune_direct_steps, its loss head too:
 //     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
 //     Y_f = K_f A_f                                K_f: symmetric n x n, upper triangles
 //     the kernel formulation's segment of GD      jaxprune_kernel_steps, its loss head too
 //     JAX's threefry2x32 hash                     jaxprune_threefry2x32
 //
-// jaxprune_update_project does the update and then, while the block's rows of W are still in
-// cache, the next step's P of those rows. The update is an sgemm with beta = 1 into W itself
-// (W and P are updated in place), in blocks of rows of about `block_bytes`, small enough to
-// stay in cache while the support shift, the mask and the projections follow (cpu_update.py
-// picks twice one core's L2 cache). P is an sgemm too, or on AVX-512 CPUs, where it pays, our
-// own kernel (ProjectRows). The blocks run on XLA's intra-op threads. sgemm is an ILP64
-// cblas_sgemm found at run time (numpy's OpenBLAS) and handed over by jaxprune_set_blas
-// before the first call.
+// Runs are independent: each segment call gives a thread a run (or a block of runs) to take
+// through all the steps while its data stay in the core's caches. The update is an sgemm with
+// beta = 1 into W itself, then the support shift and the mask; P is an sgemm too, or on
+// AVX-512 CPUs, where it pays, our own kernel (ProjectRows). The work runs on XLA's intra-op
+// threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over
+// by jaxprune_set_blas before the first call.
 
 #include <algorithm>
 #include <atomic>
@@ -52,17 +51,6 @@ void MaskRow(float* row, const uint8_t* keep, float shift, int64_t support, int6
   for (int64_t k = 0; k < support; ++k) row[k] -= shift;
   uint32_t* bits = reinterpret_cast<uint32_t*>(row);  // built with -fno-strict-aliasing
   for (int64_t k = 0; k < d; ++k) bits[k] &= 0u - static_cast<uint32_t>(keep[k]);
-}
-
-// Reads the `bytes` at x once, in order, one load per 64-byte line, so that they are in cache
-// for what follows. OpenBLAS's update packs Z reading its n rows side by side, which the hardware
-// prefetcher does not follow when Z comes from memory: a group's Z read so first ran the step
-// with one run per seed 1.02-1.04x faster (benchmarks/RESULTS.md, 2026-12-06, 05:06 UTC).
-void Touch(const void* x, int64_t bytes) {
-  const auto* byte = static_cast<const uint8_t*>(x);
-  uint8_t any = 0;
-  for (int64_t k = 0; k < bytes; k += 64) any |= byte[k];
-  asm volatile("" : : "r"(any));  // keeps the loads
 }
 
 // The blocks of one call and how far the threads working on them got. Shared with the pool's
@@ -605,48 +593,6 @@ ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
-// w_out = where(M, W - Dn Z - [k < s] ds, 0), then p_out = w_out Z^T where `project` (else
-// P unchanged); w_out aliases W and p_out aliases P.
-ffi::Error UpdateProject(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
-                         ffi::Buffer<ffi::F32> proj, ffi::Buffer<ffi::F32> step_noise,
-                         ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
-                         ffi::Buffer<ffi::F32> step_support, ffi::Buffer<ffi::PRED> project,
-                         ffi::ResultBuffer<ffi::F32> w_out, ffi::ResultBuffer<ffi::F32> p_out,
-                         int64_t support, int64_t block_bytes, int64_t projection) {
-  const auto dims = w.dimensions();
-  if (auto error = CheckReady(dims); error.failure()) return error;
-  const int64_t groups = dims[0], rows = dims[1], d = dims[2];
-  const int64_t n = step_noise.dimensions()[2];
-  float* c_all = w_out->typed_data();
-  float* p = p_out->typed_data();
-  // XLA honours the aliases; copies keep the call correct if it ever did not.
-  if (c_all != w.typed_data()) std::copy_n(w.typed_data(), groups * rows * d, c_all);
-  if (p != proj.typed_data()) std::copy_n(proj.typed_data(), groups * rows * n, p);
-  const bool and_project = *project.typed_data();
-  const float* a = step_noise.typed_data();
-  const float* z = noise.typed_data();
-  const auto* keep = reinterpret_cast<const uint8_t*>(mask.typed_data());
-  const float* shift = step_support.typed_data();
-  const RowBlocks blocks(rows, d * sizeof(float), block_bytes);
-  const Projector projector(pool, and_project ? projection : kBlas, z, groups, rows, n, d, n);
-  const MaskRowKernel mask_row = MaskRowFor();
-  ParallelFor(pool, groups * blocks.per_group, [&](int64_t i) {
-    const auto [g, first, count] = blocks[i];
-    if (count == 0) return;
-    float* c = c_all + first * d;
-    if (first == g * rows) Touch(z + g * n * d, n * d * sizeof(float));  // its first block
-    // The block's mask too: else each MaskRow waits for its row's mask from memory.
-    Touch(keep + first * d, count * d);
-    sgemm(kRowMajor, kNoTrans, kNoTrans, count, d, n, -1.0f, a + first * n, n, z + g * n * d, d,
-          1.0f, c, d);
-    for (int64_t j = 0; j < count; ++j) {
-      mask_row(c + j * d, keep + (first + j) * d, shift[first + j], support, d);
-    }
-    if (and_project) projector(g, c, count, p + first * n, 0, n);
-  });
-  return ffi::Error::Success();
-}
-
 // out (S, F, n): out[s, f] = K[s, f] A[s, f], the upper triangles K (S, F / L, k, L) of the
 // F filters of each s interleaved in groups of L (k = n (n + 1) / 2; see SymmetricLanes).
 ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
@@ -921,6 +867,93 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   return ffi::Error::Success();
 }
 
+// The direct formulation's segment of GD: each thread takes one run at a time through all
+// `num_steps` steps while its weights, mask and noise stay near the core: P' = [W Z^T, <W, 1_S>]
+// (the own kernel from Z packed once for the segment, or sgemm), the loss head (RunHeadStep,
+// whose coefficient increments [Dn, ds] are the direct step's factors), then
+// W <- where(M, W - Dn Z - [k < s] ds, 0) (sgemm with beta = 1, then MaskRow).
+ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
+                       ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
+                       ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
+                       ffi::Buffer<ffi::F32> constants, ffi::Buffer<ffi::F32> labels,
+                       ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> clean,
+                       ffi::Buffer<ffi::F32> filter_weight, ffi::Buffer<ffi::S32> num_steps,
+                       ffi::ResultBuffer<ffi::F32> w_out, ffi::ResultBuffer<ffi::F32> b_out,
+                       ffi::ResultBuffer<ffi::PRED> diverged_out, float power, int64_t support,
+                       int64_t bias) {
+  const auto dims = w_in.dimensions();
+  if (auto error = CheckReady(dims); error.failure()) return error;
+  const int64_t groups = dims[0], filters = dims[0] * dims[1], d = dims[2];
+  const int64_t n = noise.dimensions()[1], stride = n + 1;
+  const int64_t runs = constants.element_count() / 3, m = filter_weight.dimensions().back();
+  if (runs * 2 * m != filters || mask.element_count() != filters * d ||
+      noise.element_count() != groups * n * d || labels.element_count() != runs * n ||
+      weights.element_count() != runs * n || filter_weight.element_count() != runs * m ||
+      clean.element_count() != groups * n || b_in.element_count() != filters) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxprune: direct_steps got inconsistent shapes");
+  }
+  float* w = w_out->typed_data();
+  float* b = b_out->typed_data();
+  auto* diverged = reinterpret_cast<uint8_t*>(diverged_out->typed_data());
+  // XLA honours the aliases; copies keep the call correct if it ever did not.
+  if (w != w_in.typed_data()) std::copy_n(w_in.typed_data(), filters * d, w);
+  if (b != b_in.typed_data()) std::copy_n(b_in.typed_data(), filters, b);
+  if (diverged_out->typed_data() != diverged_in.typed_data()) {
+    std::copy_n(diverged_in.typed_data(), runs, diverged_out->typed_data());
+  }
+  const int64_t steps = *num_steps.typed_data(), per_group = runs / groups, rows = 2 * m;
+  const RunHeads heads = RunHeadsFor(power);
+  const MaskRowKernel mask_row = MaskRowFor();
+  const float root_s = std::sqrt(static_cast<float>(support));
+  const bool own = OwnKernelRuns() && OwnPays(n) && rows >= kOwnMinBlockRows;
+  const int64_t wide = n / 16 * 16;
+  const auto* keep_all = reinterpret_cast<const uint8_t*>(mask.typed_data());
+  ParallelFor(pool, runs, [&](int64_t run) {
+    const int64_t g = run / per_group, f0 = rows * run;
+    const float* z = noise.typed_data() + g * n * d;
+    float* c = w + f0 * d;
+    const uint8_t* keep = keep_all + f0 * d;
+    thread_local std::vector<float> zt, zeros, proj, delta, y, scratch;
+    proj.resize(rows * stride);
+    delta.resize(rows * stride);
+    y.assign(rows * stride, 0.0f);
+    scratch.resize(3 * n);
+    if (own) {
+      zt.resize(wide * d);
+      zeros.assign(d, 0.0f);
+      PackNoise(z, wide, d, zt.data());
+    }
+    const auto project = [&] {
+      if (own) {
+        ProjectRows(c, rows, z, zt.data(), zeros.data(), proj.data(), n, d, stride);
+      } else {
+        sgemm(kRowMajor, kNoTrans, kTrans, rows, n, d, 1.0f, c, d, z, d, 0.0f, proj.data(),
+              stride);
+      }
+      for (int64_t f = 0; f < rows; ++f) {
+        proj[f * stride + n] = std::accumulate(c + f * d, c + f * d + support, 0.0f);
+      }
+    };
+    const RunHead head = {proj.data(), y.data(), delta.data(), bias ? b + f0 : nullptr,
+                          diverged + run, constants.typed_data() + 3 * run,
+                          labels.typed_data() + n * run, weights.typed_data() + n * run,
+                          clean.typed_data() + n * g, filter_weight.typed_data() + m * run};
+    project();
+    for (int64_t t = 0; t < steps; ++t) {
+      std::fill(delta.begin(), delta.end(), 0.0f);
+      heads(&head, 1, m, n, power, root_s, scratch.data());
+      sgemm(kRowMajor, kNoTrans, kNoTrans, rows, d, n, -1.0f, delta.data(), stride, z, d, 1.0f,
+            c, d);
+      for (int64_t f = 0; f < rows; ++f) {
+        mask_row(c + f * d, keep + f * d, delta[f * stride + n], support, d);
+      }
+      if (t + 1 < steps) project();
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // Threefry-2x32 with 20 rounds (Salmon et al. 2011), as JAX's threefry2x32 primitive computes
 // it: (y1, y2) = the hash of the counters (x1, x2) under the key (k1, k2), elementwise.
 inline void Threefry(uint32_t k1, uint32_t k2, uint32_t& x1, uint32_t& x2) {
@@ -1015,22 +1048,6 @@ extern "C" void jaxprune_set_blas(void* sgemm_fn, void* set_threads_local_fn) {
   set_threads_local = reinterpret_cast<int (*)(int)>(set_threads_local_fn);
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_update_project, UpdateProject,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // W
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // P
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // Dn
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // Z
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // M
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // ds
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // project: a scalar
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // new W (aliases W)
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // new P (aliases P)
-                                  .Attr<int64_t>("support")
-                                  .Attr<int64_t>("block_bytes")
-                                  .Attr<int64_t>("projection"));
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_projections, Projections,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -1079,3 +1096,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_threefry2x32, Threefry2x32,
                                   .Arg<ffi::Buffer<ffi::U32>>()   // x2
                                   .Ret<ffi::Buffer<ffi::U32>>()   // y1
                                   .Ret<ffi::Buffer<ffi::U32>>()); // y2
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_direct_steps, DirectSteps,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // W
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // Z
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // M
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // b
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // diverged
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // noise_std, |mu|, lr
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // observed labels
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // example weights
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // clean labels
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // filter weights
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // steps: a scalar
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // new W (aliases W)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // new b (aliases b)
+                                  .Ret<ffi::Buffer<ffi::PRED>>()  // new diverged (aliases it)
+                                  .Attr<float>("power")
+                                  .Attr<int64_t>("support")
+                                  .Attr<int64_t>("bias"));

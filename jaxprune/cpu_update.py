@@ -2,28 +2,24 @@
 
     P = W Z^T                                   (the forward product, per group; also the
                                                  evaluation's, in blocks of test examples)
-    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update; both OpenBLAS sgemm calls)
+    a segment of direct steps, loss head included (``direct_steps``):
+    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update, an OpenBLAS sgemm and the mask)
     Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
     a segment of kernel steps, loss head included (``kernel_steps``)
     JAX's threefry hash, as its lowering on the CPU (``_lower_threefry_natively``)
 
-``update_and_project`` does the update and then the next step's P of each block of rows while
-the block is still in cache, so that a step reads W from memory once (with the loss head of
-all groups at once between the calls, the step ran 1.03-1.06x faster with one seed per chunk
-and 1.20-1.25x with one run per seed than with two calls per block of groups,
-``benchmarks/RESULTS.md``).
-
+Runs are independent, so ``direct_steps`` and ``kernel_steps`` give each thread a run (or a
+block of runs) to take through all of a segment's steps while its data stay in the core's
+caches, the loss head written out in ``cpu_update.cc`` with ``train._gd_factors``' math.
 The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
-(``benchmarks/RESULTS.md``). ``cpu_update.cc`` does the update as an sgemm with beta = 1 into
-W, then the mask and the projections, in blocks of rows that stay near the core (twice its
-L2 cache, ``BLOCK_BYTES``); the blocks run on XLA's own threads. On AVX-512 CPUs the
-projections are its own kernel where that pays (``PROJECTIONS``; OpenBLAS's sgemm ran this
-thin product at 70-85 % of its square speed, the kernel at 95-98 %). ``symmetric_products``
-reads each K_f as its upper triangle only (``pack_upper``), those of ``vector_lanes()`` filters
-interleaved (``interleave``) so that it works on that many filters at once: the kernel
-formulation's step is bound by reading the K_f (from the caches, where ``kernel_steps``, or
-in XLA ``train._kernel_loop``, takes a block of runs through a segment's steps together).
+(``benchmarks/RESULTS.md``). On AVX-512 CPUs the projections are the library's own kernel
+where that pays (``PROJECTIONS``; OpenBLAS's sgemm ran this thin product at 70-85 % of its
+square speed, the kernel at 95-98 %). ``symmetric_products`` reads each K_f as its upper
+triangle only (``pack_upper``), those of ``vector_lanes()`` filters interleaved
+(``interleave``) so that it works on that many filters at once: the kernel formulation's
+step is bound by reading the K_f (from the caches, where ``kernel_steps``, or in XLA
+``train._kernel_loop``, takes a block of runs through a segment's steps together).
 It is built on first use with the machine's C++ compiler against jaxlib's FFI headers, cached
 (``$JAXPRUNE_CACHE_DIR``, default ``$XDG_CACHE_HOME/jaxprune``, else ``~/.cache/jaxprune``),
 and calls the OpenBLAS that numpy's wheel ships.
@@ -52,12 +48,12 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["available", "status", "prepare_cpu", "gram_triangles", "update_and_project",
-           "projections", "vector_lanes", "pack_upper", "lanes", "interleave", "deinterleave",
+__all__ = ["available", "status", "prepare_cpu", "gram_triangles", "projections",
+           "direct_steps", "vector_lanes", "pack_upper", "lanes", "interleave", "deinterleave",
            "symmetric_products", "kernel_steps"]
 
 #: The custom calls of ``cpu_update.cc``.
-TARGETS = ("jaxprune_update_project", "jaxprune_projections", "jaxprune_symmetric_products",
+TARGETS = ("jaxprune_projections", "jaxprune_direct_steps", "jaxprune_symmetric_products",
            "jaxprune_kernel_steps", "jaxprune_threefry2x32")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
 #: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
@@ -86,9 +82,9 @@ def cache_bytes(level: int, default: int, lowest: int, highest: int,
     return default
 
 
-#: Bytes of W a block of rows of the native calls holds: twice one core's L2 cache, so that a
-#: block stays near the core between the update, the mask and the projections, and each call
-#: spreads its packing of Z over many rows. Measured (``benchmarks/RESULTS.md``): on a 512 KiB
+#: Bytes of W a block of rows of ``projections`` holds: twice one core's L2 cache. Measured
+#: for the per-step update and projection call that ``direct_steps`` replaced, whose blocks
+#: stayed near the core from the update to the projections (``benchmarks/RESULTS.md``): on a 512 KiB
 #: L2, 512 KiB blocks beat 256 KiB by 1.02-1.14x and 1 MiB matched them (1.01x); on a 2 MiB
 #: L2, 2 MiB beat 512 KiB by 1.16-1.24x; on a 1 MiB L2 (AMD Zen 5, OpenBLAS's AVX-512
 #: kernels), 2 MiB beat 1 MiB by 1.03-1.04x (A/B medians) and 4 MiB matched 2 MiB (with its
@@ -214,7 +210,7 @@ def _lower_threefry_natively() -> bool:
             return False
     except ImportError:
         return False
-    hash_lowering = jax.ffi.ffi_lowering(TARGETS[4])
+    hash_lowering = jax.ffi.ffi_lowering("jaxprune_threefry2x32")
 
     def lowering(ctx, *operands):
         # As JAX's CUDA lowering: the keys and counters broadcast to the outputs' shape.
@@ -294,35 +290,33 @@ def own_projection() -> bool:
     return available() and bool(ctypes.CDLL(str(_build())).jaxprune_own_projection())
 
 
-def update_and_project(w, proj, step_noise, step_support, mask, z, project, support: int,
-                       block_bytes: int = BLOCK_BYTES, projection: str = "auto"
-                       ) -> tuple[jax.Array, jax.Array]:
-    """``W' = where(M, W - Dn Z - [k < s] ds, 0)`` and, where the scalar ``project`` is true,
-    ``P' = W' Z^T`` (else ``P' = P``), in place of W and P; on the CPU only (pair it with the
-    XLA form in ``jax.lax.platform_dependent``). Shapes: W, M ``(S, F, d)``, P, Dn
-    ``(S, F, n)``, Z ``(S, n, d)``, ds ``(S, F, 1)``; in blocks of rows of W of about
-    ``block_bytes``; ``projection``: a key of ``PROJECTIONS``."""
-    _load()
-    call = jax.ffi.ffi_call(TARGETS[0], (jax.ShapeDtypeStruct(w.shape, w.dtype),
-                                         jax.ShapeDtypeStruct(proj.shape, proj.dtype)),
-                            input_output_aliases={0: 0, 1: 1})
-    return call(w, proj, step_noise, z, mask, step_support, jnp.asarray(project, bool),
-                support=np.int64(support), block_bytes=np.int64(max(1, block_bytes)),
-                projection=np.int64(PROJECTIONS[projection]))
-
-
 def projections(w, z, block_bytes: int = BLOCK_BYTES, projection: str = "auto",
                 column_bytes: int = 0, first_group=0) -> jax.Array:
     """``W Z^T`` per group, ``(S, F, n)``, from W ``(S, F, d)`` and groups ``first_group`` to
     ``first_group + S - 1`` of Z ``(S', n, d)`` (a scalar, traced or not: a slice of Z that
-    XLA does not copy), in the blocks of ``update_and_project``, each also cut into blocks of
+    XLA does not copy), in blocks of rows of about ``block_bytes``, each also cut into blocks of
     about ``column_bytes`` of Z (a multiple of 16 of its rows) where that is > 0; on the CPU
     only."""
     _load()
     shape = jax.ShapeDtypeStruct(w.shape[:2] + z.shape[1:2], w.dtype)
-    return jax.ffi.ffi_call(TARGETS[1], shape)(
+    return jax.ffi.ffi_call("jaxprune_projections", shape)(
         w, z, jnp.asarray(first_group, jnp.int32), block_bytes=np.int64(max(1, block_bytes)),
         projection=np.int64(PROJECTIONS[projection]), column_bytes=np.int64(max(0, column_bytes)))
+
+
+def direct_steps(w, z, mask, b, diverged, head, num_steps, *, power: float, support: int,
+                 bias: bool) -> tuple[jax.Array, ...]:
+    """``num_steps`` steps of the direct formulation's plain GD (``train._direct_step``, its
+    loss head ``train._gd_factors`` included), each thread taking one run at a time through
+    all the steps; on the CPU only. Shapes: W, M ``(S, F, d)``, Z ``(S, n, d)``; ``b``,
+    ``diverged`` and ``head`` as ``kernel_steps`` takes them. Returns the new W, ``b`` and
+    ``diverged``, in place of the old."""
+    _load()
+    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (w, b, diverged))
+    call = jax.ffi.ffi_call("jaxprune_direct_steps", shapes,
+                            input_output_aliases={0: 0, 3: 1, 4: 2})
+    return call(w, z, mask, b, diverged, *head, jnp.asarray(num_steps, jnp.int32),
+                power=np.float32(power), support=np.int64(support), bias=np.int64(bias))
 
 
 @functools.cache
@@ -365,7 +359,8 @@ def symmetric_products(upper, a) -> jax.Array:
     K_f in ``pack_upper``'s order, ``interleave``d: ``(S, F / L, n (n + 1) / 2, L)``, and A
     ``(S, F, n)``; on the CPU only."""
     _load()
-    return jax.ffi.ffi_call(TARGETS[2], jax.ShapeDtypeStruct(a.shape, a.dtype))(upper, a)
+    return jax.ffi.ffi_call("jaxprune_symmetric_products",
+                            jax.ShapeDtypeStruct(a.shape, a.dtype))(upper, a)
 
 
 def kernel_steps(upper, proj0, coef, b, diverged, head, num_steps, *, power: float,
@@ -381,9 +376,8 @@ def kernel_steps(upper, proj0, coef, b, diverged, head, num_steps, *, power: flo
     weights ``(S, G, m)``, halved for mean pooling. Returns the new ``coef``, ``b`` and
     ``diverged``, in place of the old."""
     _load()
-    call = jax.ffi.ffi_call(TARGETS[3], (jax.ShapeDtypeStruct(coef.shape, coef.dtype),
-                                         jax.ShapeDtypeStruct(b.shape, b.dtype),
-                                         jax.ShapeDtypeStruct(diverged.shape, diverged.dtype)),
+    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (coef, b, diverged))
+    call = jax.ffi.ffi_call("jaxprune_kernel_steps", shapes,
                             input_output_aliases={2: 0, 3: 1, 4: 2})
     return call(upper, proj0, coef, b, diverged, *head, jnp.asarray(num_steps, jnp.int32),
                 power=np.float32(power), support=np.int64(support), bias=np.int64(bias))

@@ -452,22 +452,17 @@ def _unblocked_step(carry: _DirectCarry, mask, params, train: Samples, z_support
 
 def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_steps,
                         static: Static) -> _DirectCarry:
-    """``num_steps`` steps with the products as ``cpu_update`` calls: P = W Z^T once, then per
-    step the loss factors of all groups from P and one call that updates W and forms the next
-    step's P (none after the last step)."""
-
-    def step(i, c):
-        w, proj, b, diverged = c
-        step_noise, step_support, b, diverged = _gd_factors(
-            proj, _support_sum(w, static), _DirectCarry(w, b, diverged), params, train, static)
-        w, proj = cpu_update.update_and_project(w, proj, step_noise, step_support, mask,
-                                                train.noise, i + 1 < num_steps,
-                                                support=static.signal_support)
-        return w, proj, b, diverged
-
-    proj = cpu_update.projections(carry.w, train.noise)
-    w, _, b, diverged = jax.lax.fori_loop(0, num_steps, step, (carry.w, proj, *carry[1:]))
-    return _DirectCarry(w, b, diverged)
+    """``num_steps`` direct steps as one native call (``cpu_update.direct_steps``): its
+    threads take one run at a time through all the steps, the loss head included, while the
+    run's weights, mask and noise stay in the caches (with the head in XLA between one call a
+    step for all runs, the step ran 1.06-1.26x slower, ``benchmarks/RESULTS.md``)."""
+    b = jnp.zeros(carry.diverged.shape + (2, static.width), carry.w.dtype) if carry.b is None \
+        else carry.b
+    w, b, diverged = cpu_update.direct_steps(
+        carry.w, train.noise, mask, b, carry.diverged, _head_inputs(params, train, static),
+        num_steps, power=static.activation_power, support=static.signal_support,
+        bias=carry.b is not None)
+    return _DirectCarry(w, None if carry.b is None else b, diverged)
 
 
 def _packed_gram(static: Static, native: bool | None = None) -> bool:

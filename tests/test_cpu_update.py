@@ -32,14 +32,12 @@ def native():
     assert cpu_update.available(), cpu_update.status()
 
 
-def update_inputs(S, F, n, d, seed=0):
+def product_inputs(S, F, n, d, seed=0):
+    """Pruned weights W ``(S, F, d)`` (40 % zeros) and noise Z ``(S, n, d)``."""
     rng = np.random.default_rng(seed)
     mask = rng.random((S, F, d)) < 0.6
     w = np.where(mask, rng.standard_normal((S, F, d)), 0.0).astype(np.float32)
-    step_noise = (0.1 * rng.standard_normal((S, F, n))).astype(np.float32)
-    z = rng.standard_normal((S, n, d)).astype(np.float32)
-    step_support = rng.standard_normal((S, F, 1)).astype(np.float32)
-    return w, step_noise, step_support, mask, z
+    return w, rng.standard_normal((S, n, d)).astype(np.float32)
 
 
 # F * d * 4 bytes of 1.1 MB per group is three row blocks of 512 KiB (of 100, 100 and 98
@@ -56,39 +54,9 @@ def projection(request, native):
     return request.param
 
 
-@pytest.mark.parametrize("S, F, n, d, s", [(1, 298, 30, 947, 1), (3, 40, 7, 64, 3),
-                                           (2, 6, 100, 1000, 1)])
-def test_native_update_and_projections_equal_xla_and_float64(projection, S, F, n, d, s):
-    w, step_noise, step_support, mask, z = update_inputs(S, F, n, d)
-    on_support = np.arange(d) < s
-    exact = np.where(mask, w.astype(np.float64)
-                     - np.einsum("san,snd->sad", step_noise.astype(np.float64), z)
-                     - np.where(on_support, step_support.astype(np.float64), 0.0), 0.0)
-    exact_proj = np.einsum("sfd,snd->sfn", exact, z)
-    static = dataclasses.replace(_float32_chunk()[0], groups=S, group_size=1, d=d, n=n,
-                                 width=F // 2, signal_support=s)
-    call = jax.jit(functools.partial(cpu_update.update_and_project, support=s,
-                                     block_bytes=BLOCKS, projection=projection))
-    old_proj = np.full((S, F, n), 7.0, np.float32)
-    got, got_proj = call(w.copy(), old_proj.copy(), step_noise, step_support, mask, z, True)
-    xla = jax.jit(functools.partial(train._blocked_update, static=static,
-                                    block_bytes=train.BLOCK_BYTES))(
-        w, step_noise, step_support, mask, z)
-    scale = np.abs(exact).max()
-    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6 * scale)
-    assert np.all(np.asarray(got)[~mask] == 0.0)  # pruned weights are exact zeros
-    np.testing.assert_allclose(got, xla, rtol=0, atol=1e-6 * scale)
-    np.testing.assert_allclose(got_proj, exact_proj, rtol=0,
-                               atol=1e-5 * np.abs(exact_proj).max())
-    # Without projecting, W is updated the same and P is left as it was.
-    same, kept_proj = call(w.copy(), old_proj.copy(), step_noise, step_support, mask, z, False)
-    np.testing.assert_array_equal(same, got)
-    np.testing.assert_array_equal(kept_proj, old_proj)
-
-
 @pytest.mark.parametrize("S, F, n, d", [(1, 298, 30, 947), (3, 40, 7, 64)])
 def test_native_projections_equal_float64(projection, S, F, n, d):
-    w, _, _, _, z = update_inputs(S, F, n, d)
+    w, z = product_inputs(S, F, n, d)
     exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
     got = jax.jit(functools.partial(cpu_update.projections, block_bytes=BLOCKS,
                                     projection=projection))(w, z)
@@ -107,7 +75,7 @@ def test_own_projection_kernel_is_within_float32_summation_error(projection, F, 
     """W Z^T of every tile shape of the own kernel (and of sgemm) against float64: each entry
     is a float32 sum of d products, whose rounding error is at most d eps sum_j |w_j z_j|
     (a tile that dropped or repeated one product would be off by about one |w_j z_j|)."""
-    w, _, _, _, z = update_inputs(2, F, n, d, seed=F + n + d)
+    w, z = product_inputs(2, F, n, d, seed=F + n + d)
     exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
     bound = d * np.finfo(np.float32).eps * np.einsum("sfd,snd->sfn", np.abs(w), np.abs(z))
     got = jax.jit(functools.partial(cpu_update.projections, block_bytes=4 * d * 13,
@@ -124,7 +92,7 @@ def test_projections_in_column_blocks(projection, F, n, d, columns):
     (113 = 7 x 16 + 1, 200 = 4 x 48 + 8, 100 = 3 x 32 + 4, 7 < 16). With the own kernel each
     entry has the same bits whatever rows of W share the call, so that the evaluation's
     metrics of a run do not depend on its batch (sgemm's depend on the block's rows)."""
-    w, _, _, _, z = update_inputs(2, F, n, d, seed=F + n)
+    w, z = product_inputs(2, F, n, d, seed=F + n)
     exact = np.einsum("sfd,snd->sfn", w.astype(np.float64), z)
     bound = d * np.finfo(np.float32).eps * np.einsum("sfd,snd->sfn", np.abs(w), np.abs(z))
     call = jax.jit(functools.partial(cpu_update.projections, block_bytes=4 * d * 13,
@@ -150,7 +118,7 @@ def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
                               (block, 100, "own"), (block - 4, 100, "blas"),  # block rows
                               (least, 30, "own"), (least, 16, "own"),  # 14 and 0 dot columns
                               (least, 15, "blas"), (least, 7, "blas")):  # no panel
-        w, _, _, _, z = update_inputs(1, rows, n, 300)
+        w, z = product_inputs(1, rows, n, 300)
         got = {p: np.asarray(cpu_update.projections(w, z, block_bytes=1 << 20, projection=p))
                for p in ("auto", "own", "blas")}
         assert not np.array_equal(got["own"], got["blas"])
@@ -169,7 +137,7 @@ def test_advance_of_no_steps_is_evaluate_with_native_products(native, formulatio
 def test_projections_read_the_groups_at_an_offset(native):
     """``first_group`` picks which groups of Z the call reads (the evaluation's blocks read
     theirs without a copy); groups past the end of Z are an error, not a read past it."""
-    w, _, _, _, z = update_inputs(3, 20, 40, 64)
+    w, z = product_inputs(3, 20, 40, 64)
     call = jax.jit(cpu_update.projections)
     np.testing.assert_array_equal(call(w[:2], z, first_group=1), call(w[:2], z[1:]))
     assert not np.array_equal(call(w[:2], z, first_group=1), call(w[:2], z[:2]))
@@ -339,14 +307,16 @@ def _float32_chunk(bias=False, **sections):
     return static, params, groups
 
 
-@pytest.mark.parametrize("bias, formulation", [(False, "direct"), (True, "direct"),
-                                               (True, "kernel")])
-def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
+@pytest.mark.parametrize("bias, formulation, sizes", [
+    (False, "direct", {}), (True, "direct", {}), (True, "kernel", {}),
+    (False, "direct", {"data": {"n": 20}, "model": {"width": 16}})])
+def test_gd_with_native_update_equals_xla_update(native, bias, formulation, sizes):
     """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
-    products (in the direct formulation projections carried from step to step, in the kernel
-    one Gram matrices as interleaved upper triangles) and with XLA's, the weights agree to float32
-    rounding; so do one step and none."""
-    static, params, groups = _float32_chunk(bias)
+    segments (each thread a run through all the steps; in the kernel formulation Gram matrices
+    as interleaved upper triangles) and with XLA's, the weights agree to float32 rounding; so
+    do one step and none. With 32 filters and n = 20 the direct segment's projections are the
+    own kernel's (where the CPU has AVX-512), with 10 sgemm's."""
+    static, params, groups = _float32_chunk(bias, **sizes)
     static = dataclasses.replace(static, formulation=formulation)
     assert static.float_dtype == np.float32 and static.groups == 3
     state0 = train.init_state(params, groups, static)
@@ -372,13 +342,14 @@ def test_gd_with_native_update_equals_xla_update(native, bias, formulation):
     ({"activation_power": 2.0}, {}),
     ({"activation_power": 1.5, "bias": True}, {"label_flip": 0.1}),
     ({"activation_power": 3.0, "patch_pool": "mean"}, {})])
-def test_native_kernel_steps_equal_xla_for_every_loss_head(native, model, data):
-    """The native kernel steps write the loss head out (``cpu_update.cc``), XLA differentiates
-    the model's. For each activation (integer powers by products, 1.5 by pow; ReLU's slope at 0
-    as JAX takes it), pooling, output scale, bias and label noise: 40 steps of 9 runs, the
+@pytest.mark.parametrize("formulation", ["direct", "kernel"])
+def test_native_segments_equal_xla_for_every_loss_head(native, model, data, formulation):
+    """The native segments write the loss head out (``cpu_update.cc``), XLA differentiates the
+    model's. For each activation (integer powers by products, 1.5 by pow; ReLU's slope at 0 as
+    JAX takes it), pooling, output scale, bias and label noise: 40 steps of 9 runs, the
     weights and biases to float32 rounding."""
     static, params, groups = _float32_chunk(model=model, data=data)
-    static = dataclasses.replace(static, formulation="kernel")
+    static = dataclasses.replace(static, formulation=formulation)
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
     got, want = (loop(state0, params, groups, jnp.int32(40), static=static, native=native)
@@ -391,12 +362,13 @@ def test_native_kernel_steps_equal_xla_for_every_loss_head(native, model, data):
     assert not np.asarray(want.diverged).any() and not np.asarray(got.diverged).any()
 
 
-def test_native_kernel_steps_freeze_the_runs_xla_freezes():
+@pytest.mark.parametrize("formulation", ["direct", "kernel"])
+def test_native_segments_freeze_the_runs_xla_freezes(formulation):
     """Learning rates up to 10^7: the runs whose loss overflows are marked diverged, as XLA
     marks them, and frozen with finite weights; the others train on (those of learning rate
     0.05 to XLA's weights: past it, float32 rounding grows step by step)."""
     static, params, groups = _float32_chunk(train={"learning_rate": [0.05, 1e3, 1e7]})
-    static = dataclasses.replace(static, formulation="kernel")
+    static = dataclasses.replace(static, formulation=formulation)
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
     got, want = (loop(state0, params, groups, jnp.int32(40), static=static, native=native)
@@ -544,16 +516,16 @@ def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
     XLA's threads and must put it back after (each thread restoring what it had read left
     numpy's own products on one thread for the rest of the process)."""
     _, set_threads, _ = cpu_update._openblas()
-    w, step_noise, step_support, mask, z = update_inputs(2, 64, 8, 256)
-    update = jax.jit(functools.partial(cpu_update.update_and_project, support=1,
-                                       block_bytes=1024))  # one row a block: 128 blocks
+    static, params, groups = _float32_chunk()
+    state = train.init_state(params, groups, static)
+    steps = jax.jit(train._gd_loop, static_argnames=("static", "native"))
+    w, z = product_inputs(2, 64, 8, 256)
     project = jax.jit(functools.partial(cpu_update.projections, block_bytes=1024))
-    proj = np.zeros((2, 64, 8), np.float32)
     original = set_threads(3)
     for threads in (3, 2):
         set_threads(threads)
         for _ in range(20):
-            w, proj = update(w, proj, step_noise, step_support, mask, z, True)
-            jax.block_until_ready(project(w, z))
+            state = steps(state, params, groups, jnp.int32(2), static=static, native=True)
+            jax.block_until_ready(project(w, z))  # one row a block: 128 blocks
         assert set_threads(threads) == threads
     set_threads(original)
