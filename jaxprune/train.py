@@ -455,7 +455,7 @@ def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_s
     """``num_steps`` direct steps as one native call (``cpu_update.direct_steps``): its
     threads take one run at a time through all the steps, the loss head included, while the
     run's weights, mask and noise stay in the caches (with the head in XLA between one call a
-    step for all runs, the step ran 1.06-1.26x slower, ``benchmarks/RESULTS.md``)."""
+    step for all runs, the step ran 1.07-1.21x slower, ``benchmarks/RESULTS.md``)."""
     b = jnp.zeros(carry.diverged.shape + (2, static.width), carry.w.dtype) if carry.b is None \
         else carry.b
     w, b, diverged = cpu_update.direct_steps(
