@@ -450,18 +450,23 @@ def _unblocked_step(carry: _DirectCarry, mask, params, train: Samples, z_support
     return _DirectCarry(w, b, diverged)
 
 
+def _native_bias(carry, static: Static, dtype) -> jax.Array:
+    """The biases ``(S, G, 2, m)`` the native segments read and write: zeros without them."""
+    if carry.b is None:
+        return jnp.zeros(carry.diverged.shape + (2, static.width), dtype)
+    return carry.b
+
+
 def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_steps,
                         static: Static) -> _DirectCarry:
     """``num_steps`` direct steps as one native call (``cpu_update.direct_steps``): its
     threads take one run at a time through all the steps, the loss head included, while the
     run's weights, mask and noise stay in the caches (with the head in XLA between one call a
     step for all runs, the step ran 1.07-1.21x slower, ``benchmarks/RESULTS.md``)."""
-    b = jnp.zeros(carry.diverged.shape + (2, static.width), carry.w.dtype) if carry.b is None \
-        else carry.b
     w, b, diverged = cpu_update.direct_steps(
-        carry.w, train.noise, mask, b, carry.diverged, _head_inputs(params, train, static),
-        num_steps, power=static.activation_power, support=static.signal_support,
-        bias=carry.b is not None)
+        carry.w, train.noise, mask, _native_bias(carry, static, carry.w.dtype), carry.diverged,
+        _head_inputs(params, train, static), num_steps, power=static.activation_power,
+        support=static.signal_support, bias=carry.b is not None)
     return _DirectCarry(w, None if carry.b is None else b, diverged)
 
 
@@ -697,12 +702,10 @@ def _native_kernel_loop(carry: _KernelCarry, gram: Gram, proj0, params, train: S
     """``_kernel_loop`` as one native call (``cpu_update.kernel_steps``): its threads run
     blocks of runs independently, and the loss head, some 20 small XLA operations a step,
     runs in the same pass."""
-    b = jnp.zeros(carry.diverged.shape + (2, static.width), proj0.dtype) if carry.b is None \
-        else carry.b
     coef, b, diverged = cpu_update.kernel_steps(
-        gram.matrices, proj0, carry.coef, b, carry.diverged, _head_inputs(params, train, static),
-        num_steps, power=static.activation_power, support=static.signal_support,
-        bias=carry.b is not None)
+        gram.matrices, proj0, carry.coef, _native_bias(carry, static, proj0.dtype),
+        carry.diverged, _head_inputs(params, train, static), num_steps,
+        power=static.activation_power, support=static.signal_support, bias=carry.b is not None)
     return _KernelCarry(coef, None if carry.b is None else b, diverged)
 
 
