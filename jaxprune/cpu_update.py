@@ -311,12 +311,20 @@ def direct_steps(w, z, mask, b, diverged, head, num_steps, *, power: float, supp
     all the steps; on the CPU only. Shapes: W, M ``(S, F, d)``, Z ``(S, n, d)``; ``b``,
     ``diverged`` and ``head`` as ``kernel_steps`` takes them. Returns the new W, ``b`` and
     ``diverged``, in place of the old."""
+    return _segment("jaxprune_direct_steps", (w, z, mask, b, diverged, *head), 0, num_steps,
+                    power, support, bias)
+
+
+def _segment(target: str, operands, updated: int, num_steps, power: float, support: int,
+             bias: bool) -> tuple[jax.Array, ...]:
+    """A segment call: ``operands[updated]`` (W or the coefficients), the biases and the
+    diverged flags (``operands[3]``, ``operands[4]``) come back updated in place."""
     _load()
-    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (w, b, diverged))
-    call = jax.ffi.ffi_call("jaxprune_direct_steps", shapes,
-                            input_output_aliases={0: 0, 3: 1, 4: 2})
-    return call(w, z, mask, b, diverged, *head, jnp.asarray(num_steps, jnp.int32),
-                power=np.float32(power), support=np.int64(support), bias=np.int64(bias))
+    aliases = {updated: 0, 3: 1, 4: 2}
+    shapes = tuple(jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in aliases)
+    call = jax.ffi.ffi_call(target, shapes, input_output_aliases=aliases)
+    return call(*operands, jnp.asarray(num_steps, jnp.int32), power=np.float32(power),
+                support=np.int64(support), bias=np.int64(bias))
 
 
 @functools.cache
@@ -375,9 +383,5 @@ def kernel_steps(upper, proj0, coef, b, diverged, head, num_steps, *, power: flo
     observed labels and example weights ``(S, G, n)``, clean labels ``(S, n)``, filter
     weights ``(S, G, m)``, halved for mean pooling. Returns the new ``coef``, ``b`` and
     ``diverged``, in place of the old."""
-    _load()
-    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (coef, b, diverged))
-    call = jax.ffi.ffi_call("jaxprune_kernel_steps", shapes,
-                            input_output_aliases={2: 0, 3: 1, 4: 2})
-    return call(upper, proj0, coef, b, diverged, *head, jnp.asarray(num_steps, jnp.int32),
-                power=np.float32(power), support=np.int64(support), bias=np.int64(bias))
+    return _segment("jaxprune_kernel_steps", (upper, proj0, coef, b, diverged, *head), 2,
+                    num_steps, power, support, bias)
