@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -800,6 +801,58 @@ RunHeads RunHeadsFor(float power) {
   return RunHeadsOf<0>();
 }
 
+// What the loss head of a segment call (kernel_steps, direct_steps) reads besides the
+// projections, and the biases and diverged flags it updates in place (b: zeros without biases).
+struct SegmentHead {
+  const float *constants, *labels, *weights, *clean, *filter_weight;
+  float* b;
+  uint8_t* diverged;
+  int64_t runs, groups, m, n;
+  bool bias;
+
+  // Whether the sizes are those of `runs` = S G runs of 2 m filters and n examples.
+  bool Consistent(int64_t filters, int64_t b_count) const {
+    return runs * 2 * m == filters && b_count == filters;
+  }
+
+  // The head of `run`: its 2 m filters' projections P' = proj0 - y and increments `coef`,
+  // rows n + 1 apart.
+  RunHead Of(int64_t run, const float* proj0, const float* y, float* coef) const {
+    const int64_t f = 2 * m * run;
+    return {proj0, y, coef, bias ? b + f : nullptr, diverged + run, constants + 3 * run,
+            labels + n * run, weights + n * run, clean + n * (run / (runs / groups)),
+            filter_weight + m * run};
+  }
+};
+
+// The SegmentHead of a call's buffers, or an error naming `call` where their sizes disagree;
+// copies b and the flags to the outputs where XLA did not alias them (it does).
+ffi::ErrorOr<SegmentHead> HeadOf(const char* call, int64_t groups, int64_t n, int64_t filters,
+                                 ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
+                                 ffi::Buffer<ffi::F32> constants, ffi::Buffer<ffi::F32> labels,
+                                 ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> clean,
+                                 ffi::Buffer<ffi::F32> filter_weight,
+                                 ffi::ResultBuffer<ffi::F32>& b_out,
+                                 ffi::ResultBuffer<ffi::PRED>& diverged_out, int64_t bias) {
+  const int64_t runs = constants.element_count() / 3, m = filter_weight.dimensions().back();
+  SegmentHead head{constants.typed_data(), labels.typed_data(), weights.typed_data(),
+                   clean.typed_data(), filter_weight.typed_data(), b_out->typed_data(),
+                   reinterpret_cast<uint8_t*>(diverged_out->typed_data()), runs, groups, m, n,
+                   bias != 0};
+  if (!head.Consistent(filters, b_in.element_count()) || labels.element_count() != runs * n ||
+      weights.element_count() != runs * n || filter_weight.element_count() != runs * m ||
+      clean.element_count() != groups * n || runs % groups != 0) {
+    return ffi::Unexpected<ffi::Error>(ffi::Error(
+        ffi::ErrorCode::kInvalidArgument,
+        std::string("jaxprune: ") + call + " got inconsistent shapes"));
+  }
+  if (head.b != b_in.typed_data()) std::copy_n(b_in.typed_data(), filters, head.b);
+  if (diverged_out->typed_data() != diverged_in.typed_data()) {
+    std::copy_n(diverged_in.typed_data(), runs, diverged_out->typed_data());
+  }
+  return head;
+}
+
 ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
                        ffi::Buffer<ffi::F32> proj0, ffi::Buffer<ffi::F32> coef_in,
                        ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
@@ -813,26 +866,20 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], filters = dims[0] * dims[1], stride = dims[2];
   const int64_t n = stride - 1, packed = stride * (stride + 1) / 2;
-  const int64_t runs = constants.element_count() / 3, m = filter_weight.dimensions().back();
   const auto upper_dims = upper.dimensions();
   const int64_t lanes = upper_dims.size() == 4 ? upper_dims[3] : 0;
   const SymmetricKernel kernel = SymmetricFor(lanes);
-  if (kernel == nullptr || upper.element_count() != filters * packed || runs * 2 * m != filters ||
-      labels.element_count() != runs * n || weights.element_count() != runs * n ||
-      filter_weight.element_count() != runs * m || clean.element_count() != groups * n ||
-      b_in.element_count() != filters) {
+  if (kernel == nullptr || upper.element_count() != filters * packed) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxprune: kernel_steps got inconsistent shapes");
   }
+  const auto head = HeadOf("kernel_steps", groups, n, filters, b_in, diverged_in, constants,
+                           labels, weights, clean, filter_weight, b_out, diverged_out, bias);
+  if (head.has_error()) return head.error();
+  const int64_t runs = head->runs, m = head->m;
   float* coef = coef_out->typed_data();
-  float* b = b_out->typed_data();
-  auto* diverged = reinterpret_cast<uint8_t*>(diverged_out->typed_data());
   // XLA honours the aliases; copies keep the call correct if it ever did not.
   if (coef != coef_in.typed_data()) std::copy_n(coef_in.typed_data(), filters * stride, coef);
-  if (b != b_in.typed_data()) std::copy_n(b_in.typed_data(), filters, b);
-  if (diverged_out->typed_data() != diverged_in.typed_data()) {
-    std::copy_n(diverged_in.typed_data(), runs, diverged_out->typed_data());
-  }
   const int64_t steps = *num_steps.typed_data();
   const RunHeads heads = RunHeadsFor(power);
   const float root_s = std::sqrt(static_cast<float>(support));
@@ -840,19 +887,16 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   // stay in the core's caches from step to step: at the quick sweep's sizes 2 runs (160 KB)
   // ran 1.02x as fast as blocks of 1 MiB and 1.06x as fast as 4 MiB; at the paper's 4 runs
   // (8 MB, both threads' in the L3 cache) 1.9x as fast as 8 runs (benchmarks/RESULTS.md).
-  const int64_t block = lanes / std::gcd(2 * m, lanes), per_group = runs / groups;
+  const int64_t block = lanes / std::gcd(2 * m, lanes);
   ParallelFor(pool, (runs + block - 1) / block, [&](int64_t i) {
     const int64_t first = i * block, count = std::min(block, runs - first);
     const int64_t first_filter = 2 * m * first, sets = 2 * m * count / lanes;
     std::vector<float> y(2 * m * count * stride), scratch(2 * stride * lanes + 3 * n);
     std::vector<RunHead> heads_in(count);
     for (int64_t k = 0; k < count; ++k) {
-      const int64_t run = first + k, f = 2 * m * run;
-      heads_in[k] = {proj0.typed_data() + f * stride, y.data() + 2 * m * k * stride,
-                     coef + f * stride, bias ? b + f : nullptr, diverged + run,
-                     constants.typed_data() + 3 * run, labels.typed_data() + n * run,
-                     weights.typed_data() + n * run, clean.typed_data() + n * (run / per_group),
-                     filter_weight.typed_data() + m * run};
+      const int64_t f = 2 * m * (first + k);
+      heads_in[k] = head->Of(first + k, proj0.typed_data() + f * stride,
+                             y.data() + 2 * m * k * stride, coef + f * stride);
     }
     for (int64_t t = 0; t < steps; ++t) {
       for (int64_t set = 0; set < sets; ++set) {
@@ -885,24 +929,18 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
   if (auto error = CheckReady(dims); error.failure()) return error;
   const int64_t groups = dims[0], filters = dims[0] * dims[1], d = dims[2];
   const int64_t n = noise.dimensions()[1], stride = n + 1;
-  const int64_t runs = constants.element_count() / 3, m = filter_weight.dimensions().back();
-  if (runs * 2 * m != filters || mask.element_count() != filters * d ||
-      noise.element_count() != groups * n * d || labels.element_count() != runs * n ||
-      weights.element_count() != runs * n || filter_weight.element_count() != runs * m ||
-      clean.element_count() != groups * n || b_in.element_count() != filters) {
+  if (mask.element_count() != filters * d || noise.element_count() != groups * n * d) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxprune: direct_steps got inconsistent shapes");
   }
+  const auto head = HeadOf("direct_steps", groups, n, filters, b_in, diverged_in, constants,
+                           labels, weights, clean, filter_weight, b_out, diverged_out, bias);
+  if (head.has_error()) return head.error();
+  const int64_t runs = head->runs, m = head->m, rows = 2 * m;
   float* w = w_out->typed_data();
-  float* b = b_out->typed_data();
-  auto* diverged = reinterpret_cast<uint8_t*>(diverged_out->typed_data());
   // XLA honours the aliases; copies keep the call correct if it ever did not.
   if (w != w_in.typed_data()) std::copy_n(w_in.typed_data(), filters * d, w);
-  if (b != b_in.typed_data()) std::copy_n(b_in.typed_data(), filters, b);
-  if (diverged_out->typed_data() != diverged_in.typed_data()) {
-    std::copy_n(diverged_in.typed_data(), runs, diverged_out->typed_data());
-  }
-  const int64_t steps = *num_steps.typed_data(), per_group = runs / groups, rows = 2 * m;
+  const int64_t steps = *num_steps.typed_data();
   const RunHeads heads = RunHeadsFor(power);
   const MaskRowKernel mask_row = MaskRowFor();
   const float root_s = std::sqrt(static_cast<float>(support));
@@ -910,7 +948,7 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
   const int64_t wide = n / 16 * 16;
   const auto* keep_all = reinterpret_cast<const uint8_t*>(mask.typed_data());
   ParallelFor(pool, runs, [&](int64_t run) {
-    const int64_t g = run / per_group, f0 = rows * run;
+    const int64_t g = run / (runs / groups), f0 = rows * run;
     const float* z = noise.typed_data() + g * n * d;
     float* c = w + f0 * d;
     const uint8_t* keep = keep_all + f0 * d;
@@ -935,14 +973,11 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
         proj[f * stride + n] = std::accumulate(c + f * d, c + f * d + support, 0.0f);
       }
     };
-    const RunHead head = {proj.data(), y.data(), delta.data(), bias ? b + f0 : nullptr,
-                          diverged + run, constants.typed_data() + 3 * run,
-                          labels.typed_data() + n * run, weights.typed_data() + n * run,
-                          clean.typed_data() + n * g, filter_weight.typed_data() + m * run};
+    const RunHead run_head = head->Of(run, proj.data(), y.data(), delta.data());
     project();
     for (int64_t t = 0; t < steps; ++t) {
       std::fill(delta.begin(), delta.end(), 0.0f);
-      heads(&head, 1, m, n, power, root_s, scratch.data());
+      heads(&run_head, 1, m, n, power, root_s, scratch.data());
       sgemm(kRowMajor, kNoTrans, kNoTrans, rows, d, n, -1.0f, delta.data(), stride, z, d, 1.0f,
             c, d);
       for (int64_t f = 0; f < rows; ++f) {

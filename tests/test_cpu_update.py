@@ -383,6 +383,30 @@ def test_native_segments_freeze_the_runs_xla_freezes(formulation):
                                atol=1e-5 * np.abs(w).max())
 
 
+@pytest.mark.parametrize("call", ["direct_steps", "kernel_steps"])
+def test_segment_calls_name_inconsistent_head_inputs(native, call):
+    """Head inputs of the wrong size (labels of one example too few) are an error naming the
+    call, not a read past a buffer."""
+    static, params, groups = _float32_chunk()
+    state = train.init_state(params, groups, static)
+    S, G, m = static.groups, static.group_size, static.width
+    by_group = jax.tree.map(lambda a: a.reshape((S, G) + a.shape[1:]), params)
+    head = list(train._head_inputs(by_group, groups.train, static))
+    head[1] = head[1][..., 1:]
+    w = state.net.w.reshape(S, G * 2 * m, static.d)
+    b, diverged = jnp.zeros((S, G, 2, m), w.dtype), jnp.zeros((S, G), bool)
+    if call == "direct_steps":
+        args = (w, groups.train.noise, state.mask.reshape(w.shape), b, diverged, head, 1)
+    else:
+        gram = train.build_gram(state.mask, groups, dataclasses.replace(static,
+                                                                         formulation="kernel"))
+        coef = jnp.zeros((S, G * 2 * m, static.n + 1), w.dtype)
+        args = (gram.matrices, coef, coef, b, diverged, head, 1)
+    with pytest.raises(Exception, match=f"{call} got inconsistent shapes"):
+        jax.block_until_ready(getattr(cpu_update, call)(
+            *args, power=3.0, support=static.signal_support, bias=False))
+
+
 @pytest.mark.parametrize("seeds, fractions, width", [(3, 3, 5), (1, 8, 2), (16, 1, 5)])
 def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fractions,
                                                                 width):
