@@ -67,8 +67,9 @@ def train_at(rev: str):
             setattr(module, name, value)
 
     def rename(source):  # the revision's custom calls get their own names, "..._at_rev"
-        return re.sub(r"(register_ffi_target\(target|ffi_call\(TARGETS\[\d\])",
-                      r'\1 + "_at_rev"', source)
+        # (XLA's registry is global: under their own names the working tree's would run)
+        return re.sub(r'(register_ffi_target\(target|(?:ffi_call|ffi_lowering)\('
+                      r'(?:"jaxprune_\w+"|target|TARGETS\[\d\]))', r'\1 + "_at_rev"', source)
 
     module.cpu_update = _module_at(rev, "jaxprune/cpu_update.py", "cpu_update_at_rev", folder,
                                    rename)
