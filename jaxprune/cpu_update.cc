@@ -48,10 +48,15 @@ int (*set_threads_local)(int) = nullptr;  // openblas_set_num_threads_local
 // One row of W after its product: subtract ds on the signal support, then zero the pruned
 // entries. The mask is applied to the float's bits (AND with 0 or ~0): a select on a bool
 // does not vectorize with GCC 12 and ran 17x slower on random masks.
-void MaskRow(float* row, const uint8_t* keep, float shift, int64_t support, int64_t d) {
+inline __attribute__((always_inline)) void MaskRowBody(float* row, const uint8_t* keep,
+                                                       float shift, int64_t support, int64_t d) {
   for (int64_t k = 0; k < support; ++k) row[k] -= shift;
   uint32_t* bits = reinterpret_cast<uint32_t*>(row);  // built with -fno-strict-aliasing
   for (int64_t k = 0; k < d; ++k) bits[k] &= 0u - static_cast<uint32_t>(keep[k]);
+}
+
+void MaskRow(float* row, const uint8_t* keep, float shift, int64_t support, int64_t d) {
+  MaskRowBody(row, keep, shift, support, d);
 }
 
 // The blocks of one call and how far the threads working on them got. Shared with the pool's
@@ -129,6 +134,7 @@ bool OwnPays(int64_t n) { return n >= 16; }
 
 #if defined(__x86_64__)
 #define JAXPRUNE_AVX512 __attribute__((target("avx512f")))
+#define JAXPRUNE_AVX2 __attribute__((target("avx2")))
 
 bool OwnKernelRuns() { return __builtin_cpu_supports("avx512f"); }
 
@@ -480,7 +486,7 @@ using SymmetricKernel = void (*)(const float*, const float*, float*, int64_t, fl
 
 #if defined(__x86_64__)
 template <int L>
-__attribute__((target("avx2"))) void SymmetricLanesAvx2(
+JAXPRUNE_AVX2 void SymmetricLanesAvx2(
     const float* __restrict__ upper, const float* __restrict__ a, float* __restrict__ y,
     int64_t n, float* __restrict__ at, float* __restrict__ yt) {
   SymmetricBody<L>(upper, a, y, n, at, yt);
@@ -509,6 +515,11 @@ JAXPRUNE_AVX512 void MaskRowAvx512(float* row, const uint8_t* keep, float shift,
   }
   MaskRow(row + k, keep + k, 0.0f, 0, d - k);
 }
+
+JAXPRUNE_AVX2 void MaskRowAvx2(float* row, const uint8_t* keep, float shift, int64_t support,
+                               int64_t d) {
+  MaskRowBody(row, keep, shift, support, d);
+}
 #endif
 
 using MaskRowKernel = void (*)(float*, const uint8_t*, float, int64_t, int64_t);
@@ -518,6 +529,7 @@ using MaskRowKernel = void (*)(float*, const uint8_t*, float, int64_t, int64_t);
 MaskRowKernel MaskRowFor() {
 #if defined(__x86_64__)
   if (OwnKernelRuns()) return MaskRowAvx512;
+  if (__builtin_cpu_supports("avx2")) return MaskRowAvx2;
 #endif
   return MaskRow;
 }
@@ -781,6 +793,12 @@ JAXPRUNE_AVX512 void RunHeadsAvx512(const RunHead* runs, int64_t count, int64_t 
                                     float power, float root_s, float* scratch) {
   for (int64_t k = 0; k < count; ++k) RunHeadStep<Q>(runs[k], m, n, power, root_s, scratch);
 }
+
+template <int Q>
+JAXPRUNE_AVX2 void RunHeadsAvx2(const RunHead* runs, int64_t count, int64_t m, int64_t n,
+                                float power, float root_s, float* scratch) {
+  for (int64_t k = 0; k < count; ++k) RunHeadStep<Q>(runs[k], m, n, power, root_s, scratch);
+}
 #endif
 
 using RunHeads = void (*)(const RunHead*, int64_t, int64_t, int64_t, float, float, float*);
@@ -790,6 +808,7 @@ template <int Q>
 RunHeads RunHeadsOf() {
 #if defined(__x86_64__)
   if (OwnKernelRuns()) return RunHeadsAvx512<Q>;
+  if (__builtin_cpu_supports("avx2")) return RunHeadsAvx2<Q>;
 #endif
   return RunHeadsBaseline<Q>;
 }

@@ -57,8 +57,11 @@ TARGETS = ("jaxprune_projections", "jaxprune_direct_steps", "jaxprune_symmetric_
            "jaxprune_kernel_steps", "jaxprune_threefry2x32")
 SOURCE = pathlib.Path(__file__).with_name("cpu_update.cc")
 #: Flags of the build; -fno-strict-aliasing because the mask is applied to a float's bits,
-#: -ffp-contract=off so that ``symmetric_products`` gives the same numbers on every CPU.
-FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing", "-ffp-contract=off")
+#: -ffp-contract=off so that ``symmetric_products`` gives the same numbers on every CPU,
+#: -fno-trapping-math so that GCC turns the loss head's selects into vector blends where the
+#: CPU has no AVX-512 mask registers (values unchanged: it gives up only the FP exception flags).
+FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fno-strict-aliasing", "-ffp-contract=off",
+         "-fno-trapping-math")
 #: (file pattern under numpy's folder, cblas_sgemm symbol) of the ILP64 OpenBLAS numpy wheels
 #: ship: numpy >= 2 (scipy-openblas) and numpy 1.26.
 OPENBLAS = (("../numpy.libs/libscipy_openblas64_*", "scipy_cblas_sgemm64_"),
