@@ -13,9 +13,9 @@ This script makes the same ``cblas_sgemm`` calls in numpy's OpenBLAS (the librar
 call uses) and, where the ``mkl`` wheel is installed (``pip install mkl``, or ``--mkl`` naming
 its ``libmkl_rt``), in MKL's sequential layer, each interleaved with a square 1024 one of the
 same library: medians of ``--repeats`` timings of about ``WORK`` FLOP each. The step can reach
-no larger share of the square peak than these calls do. Where the CPU has AVX-512, a second
-table times the projection by the library's own kernel (``ProjectRows``, Z packed once
-before the timing, as the native call packs it once per call) beside OpenBLAS's.
+no larger share of the square peak than these calls do. Where the CPU has AVX-512, or AVX2
+and FMA, a second table times the projection by the library's own kernel (``ProjectRows``, Z
+packed once before the timing, as the native call packs it once per call) beside OpenBLAS's.
 """
 
 import os
@@ -102,11 +102,13 @@ def own_projection(rows: int, d: int, n: int, repeats: int) -> tuple[float, floa
     lib = ctypes.CDLL(str(cpu_update._build()))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.jaxprune_pack_noise.argtypes = [ptr, i64, i64, ptr]
+    lib.jaxprune_packed_width.argtypes, lib.jaxprune_packed_width.restype = [i64], i64
     lib.jaxprune_project_rows.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64]
     rng = np.random.default_rng(0)
     c = rng.standard_normal((rows, d), dtype=np.float32)
     z = rng.standard_normal((n, d), dtype=np.float32)
-    zt, zeros = np.empty(n // 16 * 16 * d, np.float32), np.zeros(d, np.float32)
+    zt = np.empty(lib.jaxprune_packed_width(n) * d, np.float32)
+    zeros = np.zeros(d, np.float32)
     p = np.empty((rows, n), np.float32)
     lib.jaxprune_pack_noise(z.ctypes.data, n, d, zt.ctypes.data)
     own = (lambda: lib.jaxprune_project_rows(c.ctypes.data, rows, z.ctypes.data,  # noqa: E731

@@ -9,10 +9,10 @@
 //
 // Runs are independent: each segment call gives a thread a run (or a block of runs) to take
 // through all the steps while its data stay in the core's caches. The update is an sgemm with
-// beta = 1 into W itself, then the support shift and the mask; P is an sgemm too, or on
-// AVX-512 CPUs, where it pays, our own kernel (ProjectRows). The work runs on XLA's intra-op
-// threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS) and handed over
-// by jaxprune_set_blas before the first call.
+// beta = 1 into W itself, then the support shift and the mask; P is an sgemm too, or on CPUs
+// with AVX-512, or AVX2 and FMA, where it pays, our own kernel (ProjectRows). The work runs on
+// XLA's intra-op threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS)
+// and handed over by jaxprune_set_blas before the first call.
 
 #include <algorithm>
 #include <atomic>
@@ -105,10 +105,11 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
   set_threads_local(previous);  // after every block: each set 1 before running
 }
 
-// P = C Z^T for a block of rows C (count, d), by our own AVX-512 kernel. OpenBLAS's sgemm ran
-// this shape (Z's n = 100 rows against a block of 100 to several hundred rows of W, d = 1000)
-// at 70-85 % of its square products' speed on one thread, this kernel at 95-98 %
-// (benchmarks/thin_products.py); the step ran 1.04-1.13x faster (benchmarks/RESULTS.md).
+// P = C Z^T for a block of rows C (count, d), by our own AVX-512 kernel (AVX2's and
+// ProjectRows, which picks the CPU's, follow it). OpenBLAS's sgemm ran this shape (Z's n = 100
+// rows against a block of 100 to several hundred rows of W, d = 1000) at 70-85 % of its
+// square products' speed on one thread, this kernel at 95-98 % (benchmarks/thin_products.py);
+// the step ran 1.04-1.13x faster (benchmarks/RESULTS.md).
 // Z's first `wide` = 16 floor(n / 16) rows are packed transposed (PackNoise, once per call or
 // per block) in panels of up to kPanel columns; each tile of kTileRows rows of C keeps its
 // part of P in registers (8 x 3 of the 32 vector registers: per column of the panel, 3 loads
@@ -135,8 +136,14 @@ bool OwnPays(int64_t n) { return n >= 16; }
 #if defined(__x86_64__)
 #define JAXPRUNE_AVX512 __attribute__((target("avx512f")))
 #define JAXPRUNE_AVX2 __attribute__((target("avx2")))
+#define JAXPRUNE_AVX2_FMA __attribute__((target("avx2,fma")))
 
-bool OwnKernelRuns() { return __builtin_cpu_supports("avx512f"); }
+bool HasAvx512() { return __builtin_cpu_supports("avx512f"); }
+
+// Whether ProjectRows runs on this CPU: AVX-512, or AVX2 with FMA (ProjectRowsAvx2).
+bool OwnKernelRuns() {
+  return HasAvx512() || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+}
 
 // Transposes the 16 x 16 block r[0..15] (rows) in place: r[x] becomes column x.
 JAXPRUNE_AVX512 void Transpose16(__m512* r) {
@@ -168,7 +175,7 @@ JAXPRUNE_AVX512 void Transpose16(__m512* r) {
 // zt: Z's first `wide` rows (a multiple of 16) as panels of up to kPanel columns; the panel
 // of columns [k0, k0 + w) is (d, w) row-major at zt + k0 d. In 16 x 16 blocks transposed in
 // registers (a pack of Z (100, 1000) took 29 us one float at a time, in cache).
-JAXPRUNE_AVX512 void PackNoise(const float* z, int64_t wide, int64_t d, float* zt) {
+JAXPRUNE_AVX512 void PackNoiseAvx512(const float* z, int64_t wide, int64_t d, float* zt) {
   const int64_t full = d / 16 * 16;
   for (int64_t k0 = 0; k0 < wide; k0 += kPanel) {
     const int64_t w = std::min(kPanel, wide - k0);
@@ -302,10 +309,9 @@ JAXPRUNE_AVX512 void TileRows(const float* c, const float* z, const float* zt,
   }
 }
 
-// p (count, n) = c (count, d) z (n, d)^T, p's rows ldp apart; zt: z packed by PackNoise;
-// zeros: d zeros. Each entry's sum runs in the same order whatever `count` is.
-void ProjectRows(const float* c, int64_t count, const float* z, const float* zt,
-                 const float* zeros, float* p, int64_t n, int64_t d, int64_t ldp) {
+// ProjectRows with AVX-512.
+void ProjectRowsAvx512(const float* c, int64_t count, const float* z, const float* zt,
+                       const float* zeros, float* p, int64_t n, int64_t d, int64_t ldp) {
   int64_t r = 0;
   for (; r + kTileRows <= count; r += kTileRows) {
     TileRows<kTileRows>(c + r * d, z, zt, zeros, p + r * ldp, n, d, ldp);
@@ -318,8 +324,110 @@ void ProjectRows(const float* c, int64_t count, const float* z, const float* zt,
     default: return;
   }
 }
+
+// The same product with AVX2's 16 vector registers of 8 floats: tiles of kTileRowsAvx2 = 6
+// rows against panels of kPanelAvx2 = 16 columns (12 accumulators; per column of the panel, 2
+// loads and 6 broadcasts feed 12 FMAs; tiles of 4 rows and panels of 24 ran 0.97-1.03x
+// OpenBLAS at d = 1000, these 1.07-1.10x, benchmarks/thin_products.py). Z is packed whole, its
+// n rows padded with zero rows to a multiple of 8; the padding's columns are not stored.
+constexpr int64_t kTileRowsAvx2 = 6, kPanelAvx2 = 16;
+
+int64_t PackedWidthAvx2(int64_t n) { return (n + 7) / 8 * 8; }
+
+void PackNoiseAvx2(const float* z, int64_t n, int64_t d, float* zt) {
+  const int64_t wide = PackedWidthAvx2(n);
+  for (int64_t k0 = 0; k0 < wide; k0 += kPanelAvx2) {
+    const int64_t w = std::min(kPanelAvx2, wide - k0), rows = std::min(w, n - k0);
+    float* panel = zt + k0 * d;
+    for (int64_t j = 0; j < d; ++j) {
+      for (int64_t k = 0; k < rows; ++k) panel[j * w + k] = z[(k0 + k) * d + j];
+      std::fill(panel + j * w + rows, panel + (j + 1) * w, 0.0f);
+    }
+  }
+}
+
+// p[r, 8 v + l] = sum_j c[r, j] panel[j, 8 v + l] for r < R, v < V, stored for 8 v + l < cols.
+template <int R, int V>
+JAXPRUNE_AVX2_FMA void PanelTileAvx2(const float* c, const float* panel, float* p, int64_t d,
+                                     int64_t ldp, int64_t cols) {
+  __m256 acc[R][V];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
+  }
+  for (int64_t j = 0; j < d; ++j) {
+    __m256 zt[V];
+    for (int v = 0; v < V; ++v) zt[v] = _mm256_loadu_ps(panel + j * 8 * V + 8 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m256 broadcast = _mm256_set1_ps(c[r * d + j]);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(broadcast, zt[v], acc[r][v]);
+    }
+  }
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int v = 0; v < V; ++v) {
+    const int64_t left = cols - 8 * v;
+    const __m256i stored = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lanes);
+    for (int r = 0; r < R; ++r) {
+      if (left >= 8) {
+        _mm256_storeu_ps(p + r * ldp + 8 * v, acc[r][v]);
+      } else if (left > 0) {
+        _mm256_maskstore_ps(p + r * ldp + 8 * v, stored, acc[r][v]);
+      }
+    }
+  }
+}
+
+template <int R>
+JAXPRUNE_AVX2_FMA void TileRowsAvx2(const float* c, const float* zt, float* p, int64_t n,
+                                    int64_t d, int64_t ldp) {
+  const int64_t wide = PackedWidthAvx2(n);
+  for (int64_t k0 = 0; k0 < wide; k0 += kPanelAvx2) {
+    const float* panel = zt + k0 * d;
+    const int64_t cols = std::min(kPanelAvx2, n - k0);
+    if (wide - k0 >= kPanelAvx2) {
+      PanelTileAvx2<R, 2>(c, panel, p + k0, d, ldp, cols);
+    } else {
+      PanelTileAvx2<R, 1>(c, panel, p + k0, d, ldp, cols);
+    }
+  }
+}
+
+void ProjectRowsAvx2(const float* c, int64_t count, const float* zt, float* p, int64_t n,
+                     int64_t d, int64_t ldp) {
+  int64_t r = 0;
+  for (; r + kTileRowsAvx2 <= count; r += kTileRowsAvx2) {
+    TileRowsAvx2<kTileRowsAvx2>(c + r * d, zt, p + r * ldp, n, d, ldp);
+  }
+  for (; count - r >= 4; r += 4) TileRowsAvx2<4>(c + r * d, zt, p + r * ldp, n, d, ldp);
+  switch (count - r) {
+    case 1: return TileRowsAvx2<1>(c + r * d, zt, p + r * ldp, n, d, ldp);
+    case 2: return TileRowsAvx2<2>(c + r * d, zt, p + r * ldp, n, d, ldp);
+    case 3: return TileRowsAvx2<3>(c + r * d, zt, p + r * ldp, n, d, ldp);
+    default: return;
+  }
+}
+
+// The floats of Z's packed rows a kernel reads (times d): 16 floor(n / 16) for AVX-512's,
+// whose dot tiles read the last rows in place, n rounded up to 8 for AVX2's.
+int64_t PackedWidth(int64_t n) { return HasAvx512() ? n / 16 * 16 : PackedWidthAvx2(n); }
+
+// zt (PackedWidth(n) x d floats): Z (n, d) packed for ProjectRows.
+void PackNoise(const float* z, int64_t n, int64_t d, float* zt) {
+  if (HasAvx512()) return PackNoiseAvx512(z, n / 16 * 16, d, zt);
+  PackNoiseAvx2(z, n, d, zt);
+}
+
+// p (count, n) = c (count, d) z (n, d)^T, p's rows ldp apart; zt: z packed by PackNoise;
+// zeros: d zeros. Each entry is one sum over d in order, whatever rows and columns share the
+// call: the same bits in any batch.
+void ProjectRows(const float* c, int64_t count, const float* z, const float* zt,
+                 const float* zeros, float* p, int64_t n, int64_t d, int64_t ldp) {
+  if (HasAvx512()) return ProjectRowsAvx512(c, count, z, zt, zeros, p, n, d, ldp);
+  ProjectRowsAvx2(c, count, zt, p, n, d, ldp);
+}
 #else
+bool HasAvx512() { return false; }
 bool OwnKernelRuns() { return false; }
+int64_t PackedWidth(int64_t) { return 0; }
 void PackNoise(const float*, int64_t, int64_t, float*) {}
 void ProjectRows(const float*, int64_t, const float*, const float*, const float*, float*,
                  int64_t, int64_t, int64_t) {}
@@ -332,7 +440,7 @@ class Projector {
  public:
   Projector(ffi::ThreadPool& pool, int64_t projection, const float* z, int64_t groups,
             int64_t rows, int64_t n, int64_t d, int64_t columns)
-      : z_(z), n_(n), d_(d), wide_(n / 16 * 16), forced_(projection == kOwn),
+      : z_(z), n_(n), d_(d), wide_(PackedWidth(n)), forced_(projection == kOwn),
         own_(OwnKernelRuns() && (forced_ || (projection == kOwnWherePays && OwnPays(n)))),
         packed_once_(own_ && rows >= kOwnMinRows && columns == n) {
     if (!own_) return;
@@ -340,7 +448,7 @@ class Projector {
     if (!packed_once_) return;
     zt_.resize(groups * wide_ * d);
     ParallelFor(pool, groups, [this](int64_t g) {
-      PackNoise(z_ + g * n_ * d_, wide_, d_, zt_.data() + g * wide_ * d_);
+      PackNoise(z_ + g * n_ * d_, n_, d_, zt_.data() + g * wide_ * d_);
     });
   }
 
@@ -352,9 +460,8 @@ class Projector {
       ProjectRows(c, count, z, zt_.data() + g * wide_ * d_, zeros_.data(), p, n_, d_, n_);
     } else if (own_ && (forced_ || count >= kOwnMinBlockRows)) {
       thread_local std::vector<float> zt;
-      const int64_t wide = cols / 16 * 16;
-      zt.resize(wide * d_);
-      PackNoise(z, wide, d_, zt.data());
+      zt.resize(PackedWidth(cols) * d_);
+      PackNoise(z, cols, d_, zt.data());
       ProjectRows(c, count, z, zt.data(), zeros_.data(), p + k0, cols, d_, n_);
     } else {
       sgemm(kRowMajor, kNoTrans, kTrans, count, cols, d_, 1.0f, c, d_, z, d_, 0.0f, p + k0, n_);
@@ -528,14 +635,14 @@ using MaskRowKernel = void (*)(float*, const uint8_t*, float, int64_t, int64_t);
 // 16 bytes of mask) took about 6 % of the direct step with one run per seed.
 MaskRowKernel MaskRowFor() {
 #if defined(__x86_64__)
-  if (OwnKernelRuns()) return MaskRowAvx512;
+  if (HasAvx512()) return MaskRowAvx512;
   if (__builtin_cpu_supports("avx2")) return MaskRowAvx2;
 #endif
   return MaskRow;
 }
 
 // The most lanes a kernel of this CPU fills one vector with (``cpu_update.vector_lanes``).
-int64_t VectorLanes() { return OwnKernelRuns() ? 16 : 8; }
+int64_t VectorLanes() { return HasAvx512() ? 16 : 8; }
 
 // The kernel for L lanes, or nullptr for an L it is not built for. Eight lanes fill one AVX2
 // vector: that build ran the step 1.05x faster; with 4 lanes it ran 0.53x as fast as the
@@ -549,7 +656,7 @@ SymmetricKernel SymmetricFor(int64_t lanes) {
     case 4: return SymmetricLanes<4>;
 #if defined(__x86_64__)
     case 8: return __builtin_cpu_supports("avx2") ? SymmetricLanesAvx2<8> : SymmetricLanes<8>;
-    case 16: return OwnKernelRuns() ? SymmetricLanesAvx512<16> : nullptr;
+    case 16: return HasAvx512() ? SymmetricLanesAvx512<16> : nullptr;
 #else
     case 8: return SymmetricLanes<8>;
 #endif
@@ -807,7 +914,7 @@ using RunHeads = void (*)(const RunHead*, int64_t, int64_t, int64_t, float, floa
 template <int Q>
 RunHeads RunHeadsOf() {
 #if defined(__x86_64__)
-  if (OwnKernelRuns()) return RunHeadsAvx512<Q>;
+  if (HasAvx512()) return RunHeadsAvx512<Q>;
   if (__builtin_cpu_supports("avx2")) return RunHeadsAvx2<Q>;
 #endif
   return RunHeadsBaseline<Q>;
@@ -964,7 +1071,7 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
   const MaskRowKernel mask_row = MaskRowFor();
   const float root_s = std::sqrt(static_cast<float>(support));
   const bool own = OwnKernelRuns() && OwnPays(n) && rows >= kOwnMinBlockRows;
-  const int64_t wide = n / 16 * 16;
+  const int64_t wide = PackedWidth(n);
   const auto* keep_all = reinterpret_cast<const uint8_t*>(mask.typed_data());
   ParallelFor(pool, runs, [&](int64_t run) {
     const int64_t g = run / (runs / groups), f0 = rows * run;
@@ -979,7 +1086,7 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
     if (own) {
       zt.resize(wide * d);
       zeros.assign(d, 0.0f);
-      PackNoise(z, wide, d, zt.data());
+      PackNoise(z, n, d, zt.data());
     }
     const auto project = [&] {
       if (own) {
@@ -1067,7 +1174,7 @@ ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1,
   }
   auto block = ThreefryBlock;
 #if defined(__x86_64__)
-  if (OwnKernelRuns()) block = ThreefryBlockAvx512;
+  if (HasAvx512()) block = ThreefryBlockAvx512;
 #endif
   constexpr int64_t kBlock = 1 << 16;
   ParallelFor(pool, (count + kBlock - 1) / kBlock, [&](int64_t i) {
@@ -1080,16 +1187,18 @@ ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1,
 
 }  // namespace
 
-// Whether ProjectRows runs on this CPU (AVX-512).
+// Whether ProjectRows runs on this CPU (AVX-512, or AVX2 with FMA).
 extern "C" int jaxprune_own_projection() { return OwnKernelRuns(); }
 
 // The most lanes symmetric_products reads at once on this CPU.
 extern "C" int jaxprune_vector_lanes() { return static_cast<int>(VectorLanes()); }
 
-// The own kernel on the calling thread, for benchmarks/thin_products.py: zt (16 floor(n / 16)
-// x d floats) = Z packed, then p (count, n) = c (count, d) Z^T; zeros: d zeros.
+// The own kernel on the calling thread, for benchmarks/thin_products.py: zt
+// (jaxprune_packed_width(n) x d floats) = Z packed, then p (count, n) = c (count, d) Z^T;
+// zeros: d zeros.
+extern "C" int64_t jaxprune_packed_width(int64_t n) { return PackedWidth(n); }
 extern "C" void jaxprune_pack_noise(const float* z, int64_t n, int64_t d, float* zt) {
-  PackNoise(z, n / 16 * 16, d, zt);
+  PackNoise(z, n, d, zt);
 }
 extern "C" void jaxprune_project_rows(const float* c, int64_t count, const float* z,
                                       const float* zt, const float* zeros, float* p, int64_t n,

@@ -13,9 +13,10 @@ block of runs) to take through all of a segment's steps while its data stay in t
 caches, the loss head written out in ``cpu_update.cc`` with ``train._gd_factors``' math.
 The update's contraction is only n long (n = 100 at paper sizes): there XLA:CPU's own dot
 reached 41-58 % of its square-product peak and OpenBLAS's sgemm 78-89 %
-(``benchmarks/RESULTS.md``). On AVX-512 CPUs the projections are the library's own kernel
-where that pays (``PROJECTIONS``; OpenBLAS's sgemm ran this thin product at 70-85 % of its
-square speed, the kernel at 95-98 %). ``symmetric_products`` reads each K_f as its upper
+(``benchmarks/RESULTS.md``). On CPUs with AVX-512, or AVX2 and FMA, the projections are the
+library's own kernel where that pays (``PROJECTIONS``; OpenBLAS's sgemm ran this thin
+product at 70-85 % of its square speed, the kernel at 95-98 % with AVX-512 and 91-96 % with
+AVX2). ``symmetric_products`` reads each K_f as its upper
 triangle only (``pack_upper``), those of ``vector_lanes()`` filters interleaved
 (``interleave``) so that it works on that many filters at once: the kernel formulation's
 step is bound by reading the K_f (from the caches, where ``kernel_steps``, or in XLA
@@ -183,7 +184,7 @@ def _register() -> str:
                                     platform="cpu")
     chosen = os.environ.get("OPENBLAS_CORETYPE")
     kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
-    own = ("; W Z^T by its own AVX-512 kernel where it pays"
+    own = ("; W Z^T by its own kernel where it pays"
            if lib.jaxprune_own_projection() else "")
     lanes = f"; Gram matrices read {lib.jaxprune_vector_lanes()} filters at a time"
     threefry = ("; JAX's threefry hash natively" if _lower_threefry_natively() else
@@ -277,19 +278,19 @@ def gram_triangles(dtype=np.float32) -> bool:
     return jax.default_backend() == "cpu" and available(dtype)
 
 
-#: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own AVX-512 kernel wherever
-#: the CPU has AVX-512 ("own"), or that kernel where it pays and sgemm elsewhere ("auto", the
-#: default): where it has at least one 16-wide panel, n >= 16 (``OwnPays`` in
-#: ``cpu_update.cc``), and a block has ``OWN_MIN_BLOCK_ROWS`` rows or more.
-#: It reads each group's Z packed, once per call for groups of ``OWN_MIN_ROWS`` rows or more,
-#: else once per block. Without AVX-512, sgemm.
+#: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own kernel wherever the CPU
+#: has AVX-512, or AVX2 and FMA ("own"), or that kernel where it pays and sgemm elsewhere
+#: ("auto", the default): where n >= 16 (``OwnPays`` in ``cpu_update.cc``) and a block has
+#: ``OWN_MIN_BLOCK_ROWS`` rows or more. It reads each group's Z packed, once per call for
+#: groups of ``OWN_MIN_ROWS`` rows or more, else once per block. Without either, sgemm.
 PROJECTIONS = {"blas": 0, "auto": 1, "own": 2}
 #: ``kOwnMinRows`` and ``kOwnMinBlockRows`` of ``cpu_update.cc``.
 OWN_MIN_ROWS, OWN_MIN_BLOCK_ROWS = 1024, 32
 
 
 def own_projection() -> bool:
-    """Whether the own projection kernel runs on this CPU (it needs AVX-512)."""
+    """Whether the own projection kernel runs on this CPU (it needs AVX-512, or AVX2 and
+    FMA)."""
     return available() and bool(ctypes.CDLL(str(_build())).jaxprune_own_projection())
 
 

@@ -904,9 +904,10 @@ COMPILER_OPTIONS = _compiler_options()
 
 def _native_test_projections(static: Static) -> bool:
     """Whether the evaluation forms the test examples' projections with the own kernel of
-    ``cpu_update`` (where it runs: the CPU is the default backend, float32, AVX-512). Its
-    entries have the same bits whatever rows share a call, so a run's metrics still do not
-    depend on its batch; sgemm's do, and elsewhere XLA forms them one example at a time."""
+    ``cpu_update`` (where it runs: the CPU is the default backend, float32, AVX-512 or AVX2).
+    Its entries have the same bits whatever rows share a call, so a run's metrics still do
+    not depend on its batch; sgemm's do, and elsewhere XLA forms them one example at a
+    time."""
     return (jax.default_backend() == "cpu" and cpu_update.available(static.float_dtype)
             and cpu_update.own_projection())
 

@@ -48,9 +48,10 @@ BLOCKS = 1 << 19
 
 @pytest.fixture(params=["blas", "own"])
 def projection(request, native):
-    """Both ways of forming ``W Z^T``: OpenBLAS's sgemm and the own AVX-512 kernel."""
+    """Both ways of forming ``W Z^T``: OpenBLAS's sgemm and the own kernel (AVX-512 or AVX2)."""
     if request.param == "own" and not cpu_update.own_projection():
-        pytest.skip("this CPU has no AVX-512: the own projection kernel does not run here")
+        pytest.skip("this CPU has neither AVX-512 nor AVX2 with FMA: the own projection "
+                    "kernel does not run here")
     return request.param
 
 
@@ -109,16 +110,18 @@ def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
     """``auto`` forms W Z^T with the own kernel where it has a 16-wide panel (n >= 16) and a
     block has enough rows, with Z packed once per call for a group of ``OWN_MIN_ROWS`` rows
     or more and per block below; elsewhere with sgemm. The two round differently, so the
-    bits tell which ran."""
+    bits tell which ran (at d = 1000: with d = 300 OpenBLAS's AVX2 kernels summed n = 7
+    columns in the own kernel's order)."""
     if not cpu_update.own_projection():
-        pytest.skip("this CPU has no AVX-512: the own projection kernel does not run here")
+        pytest.skip("this CPU has neither AVX-512 nor AVX2 with FMA: the own projection "
+                    "kernel does not run here")
     least, block = cpu_update.OWN_MIN_ROWS, cpu_update.OWN_MIN_BLOCK_ROWS
     for rows, n, expected in ((least, 20, "own"),  # Z packed once per call
                               (least - 4, 20, "own"),  # packed per block of up to 1 MiB
                               (block, 100, "own"), (block - 4, 100, "blas"),  # block rows
                               (least, 30, "own"), (least, 16, "own"),  # 14 and 0 dot columns
                               (least, 15, "blas"), (least, 7, "blas")):  # no panel
-        w, z = product_inputs(1, rows, n, 300)
+        w, z = product_inputs(1, rows, n, 1000)
         got = {p: np.asarray(cpu_update.projections(w, z, block_bytes=1 << 20, projection=p))
                for p in ("auto", "own", "blas")}
         assert not np.array_equal(got["own"], got["blas"])
@@ -153,7 +156,8 @@ def test_native_test_projections_give_xla_metrics(native, model):
     one seed (each call reading its seed's examples at an offset into all of them) and of all
     three; and a run's metrics have the same bits in either."""
     if not cpu_update.own_projection():
-        pytest.skip("this CPU has no AVX-512: the evaluation keeps XLA's products here")
+        pytest.skip("this CPU has neither AVX-512 nor AVX2 with FMA: the evaluation keeps "
+                    "XLA's products here")
     static, params, groups = _float32_chunk(
         data={"n_test": 200, "label_flip": 0.1, "signal_norm": 8.0}, model=model,
         prune={"fraction": [0.0, 0.3, 0.6]})
@@ -315,7 +319,7 @@ def test_gd_with_native_update_equals_xla_update(native, bias, formulation, size
     segments (each thread a run through all the steps; in the kernel formulation Gram matrices
     as interleaved upper triangles) and with XLA's, the weights agree to float32 rounding; so
     do one step and none. With 32 filters and n = 20 the direct segment's projections are the
-    own kernel's (where the CPU has AVX-512), with 10 sgemm's."""
+    own kernel's (where the CPU has AVX-512, or AVX2 and FMA), with 10 sgemm's."""
     static, params, groups = _float32_chunk(bias, **sizes)
     static = dataclasses.replace(static, formulation=formulation)
     assert static.float_dtype == np.float32 and static.groups == 3
