@@ -461,6 +461,25 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
         np.testing.assert_allclose(got.b, want.b, rtol=0, atol=tol * np.abs(want.b).max())
 
 
+def test_avx2_builds_where_the_cpu_also_has_avx512(native):
+    """Where the CPU has AVX-512 its builds run; with ``JAXPRUNE_NO_AVX512`` set the AVX2 ones
+    do (the own projection kernel, the loss head, the mask, 8 Gram lanes, the hash), as on a
+    CPU without it: this file's tests of the native products pass in a process that sets it."""
+    if cpu_update.vector_lanes() != 16:
+        pytest.skip("this CPU has no AVX-512: this file's tests already ran the AVX2 builds")
+    env = dict(os.environ, JAXPRUNE_NO_AVX512="1")
+    check = ("from jaxprune import cpu_update; "
+             "assert cpu_update.vector_lanes() == 8 and cpu_update.own_projection()")
+    subprocess.run([sys.executable, "-c", check], env=env, check=True)
+    tests = ("projection or symmetric or native_update_equals or native_segments "
+             "or kernel_steps_in_blocks or native_threefry_hash")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+        env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-600:]
+
+
 def test_native_update_is_not_used_for_float64():
     assert not cpu_update.available(np.float64)
 
