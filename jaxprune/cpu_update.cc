@@ -86,13 +86,31 @@ struct Blocks {
   }
 };
 
-// run(0), ..., run(count - 1) on the caller and XLA's intra-op threads; returns when all ran.
 // OpenBLAS's thread count is one global (its openblas_set_num_threads_local sets the global
-// count and returns the old one), so it is set and put back here, around all the blocks: a
-// thread that put back what it had read could leave it at 1, the count another thread had
-// set, and numpy's products on one thread for the rest of the process.
+// count and returns the old one): the first of the calls running at a time sets it to 1 and
+// the last one to end puts back what the first found. A thread, or a call, that put back what
+// it had read could leave it at 1, the count another had set, and numpy's products on one
+// thread for the rest of the process (XLA may run two programs' calls at once).
+class OneBlasThread {
+ public:
+  OneBlasThread() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (callers_++ == 0) found_ = set_threads_local(1);
+  }
+  ~OneBlasThread() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--callers_ == 0) set_threads_local(found_);
+  }
+
+ private:
+  static inline std::mutex mutex_;
+  static inline int callers_ = 0, found_ = 1;
+};
+
+// run(0), ..., run(count - 1) on the caller and XLA's intra-op threads; returns when all ran,
+// with OpenBLAS on one thread meanwhile.
 void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
-  const int previous = set_threads_local(1);
+  const OneBlasThread one_thread;
   auto blocks = std::make_shared<Blocks>();
   blocks->count = count;
   blocks->run = std::move(run);
@@ -103,7 +121,6 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
     std::unique_lock<std::mutex> lock(blocks->mutex);
     blocks->finished.wait(lock, [&] { return blocks->done.load() == count; });
   }
-  set_threads_local(previous);  // after every block: each set 1 before running
 }
 
 // P = C Z^T for a block of rows C (count, d), by our own AVX-512 kernel (AVX2's and

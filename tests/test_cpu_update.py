@@ -10,6 +10,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -566,7 +567,8 @@ def test_cache_bytes_are_the_first_cores_cache_of_a_level(tmp_path):
 def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
     """OpenBLAS's thread count is one global: the calls set it to 1 while their blocks run on
     XLA's threads and must put it back after (each thread restoring what it had read left
-    numpy's own products on one thread for the rest of the process)."""
+    numpy's own products on one thread for the rest of the process; so did each call, where
+    XLA ran the steps' and the projections' programs at once)."""
     _, set_threads, _ = cpu_update._openblas()
     static, params, groups = _float32_chunk()
     state = train.init_state(params, groups, static)
@@ -578,6 +580,31 @@ def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
         set_threads(threads)
         for _ in range(20):
             state = steps(state, params, groups, jnp.int32(2), static=static, native=True)
-            jax.block_until_ready(project(w, z))  # one row a block: 128 blocks
+            jax.block_until_ready((state, project(w, z)))  # one row a block: 128 blocks
         assert set_threads(threads) == threads
+    set_threads(original)
+
+
+def test_concurrent_native_calls_leave_numpys_blas_threads_as_they_were(native):
+    """Calls running at once (here from two Python threads; XLA may run two programs' calls
+    at once) put OpenBLAS's count back as the first found it: with each call putting back
+    what it had read, the later one restored the 1 the earlier had set (20 of 20 trials)."""
+    _, set_threads, _ = cpu_update._openblas()
+    w, z = product_inputs(2, 64, 8, 256)
+    project = jax.jit(functools.partial(cpu_update.projections, block_bytes=1024))
+    jax.block_until_ready(project(w, z))
+
+    def calls():
+        for _ in range(50):
+            jax.block_until_ready(project(w, z))
+
+    original = set_threads(3)
+    for _ in range(5):
+        set_threads(3)
+        threads = [threading.Thread(target=calls) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert set_threads(3) == 3
     set_threads(original)
