@@ -1214,6 +1214,9 @@ ffi::Error Threefry2x32(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> k1,
 // Whether ProjectRows runs on this CPU (AVX-512, or AVX2 with FMA).
 extern "C" int jaxprune_own_projection() { return OwnKernelRuns(); }
 
+// Which of the kernels' builds run here: 512 (AVX-512), 256 (AVX2 and FMA) or 0 (baseline).
+extern "C" int jaxprune_builds() { return HasAvx512() ? 512 : OwnKernelRuns() ? 256 : 0; }
+
 // The most lanes symmetric_products reads at once on this CPU.
 extern "C" int jaxprune_vector_lanes() { return static_cast<int>(VectorLanes()); }
 

@@ -184,13 +184,14 @@ def _register() -> str:
                                     platform="cpu")
     chosen = os.environ.get("OPENBLAS_CORETYPE")
     kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
+    builds = {512: "AVX-512", 256: "AVX2"}.get(lib.jaxprune_builds(), "baseline")
     own = ("; W Z^T by its own kernel where it pays"
            if lib.jaxprune_own_projection() else "")
     lanes = f"; Gram matrices read {lib.jaxprune_vector_lanes()} filters at a time"
     threefry = ("; JAX's threefry hash natively" if _lower_threefry_natively() else
                 "; JAX's threefry hash as JAX lowers it (its internals have moved)")
-    return (f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}){own}{lanes}{threefry}, "
-            f"built at {path}")
+    return (f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}); its own kernels' "
+            f"{builds} builds{own}{lanes}{threefry}, built at {path}")
 
 
 def _lower_threefry_natively() -> bool:

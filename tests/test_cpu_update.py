@@ -540,8 +540,11 @@ def test_status_names_the_kernels_openblas_runs_and_who_chose_them(native, core)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert f"OpenBLAS ({core} kernels, OPENBLAS_CORETYPE={core.upper()})" in out, out
-    # The kernel formulation's products check the CPU, not the variable.
+    # The library's own kernels check the CPU, not the variable.
     assert f"read {cpu_update.vector_lanes()} filters at a time" in out, out
+    builds = ("AVX-512" if cpu_update.vector_lanes() == 16
+              else "AVX2" if cpu_update.own_projection() else "baseline")
+    assert f"its own kernels' {builds} builds" in out, out
 
 
 def test_cache_bytes_are_the_first_cores_cache_of_a_level(tmp_path):
