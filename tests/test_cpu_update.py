@@ -464,8 +464,9 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
 
 def test_avx2_builds_where_the_cpu_also_has_avx512(native):
     """Where the CPU has AVX-512 its builds run; with ``JAXPRUNE_NO_AVX512`` set the AVX2 ones
-    do (the own projection kernel, the loss head, the mask, 8 Gram lanes, the hash), as on a
-    CPU without it: this file's tests of the native products pass in a process that sets it."""
+    do (the own projection kernel, the loss head, the mask, 8 Gram lanes; the hash's baseline
+    build), as on a CPU without it: this file's tests of the native products pass in a
+    process that sets it."""
     if cpu_update.vector_lanes() != 16:
         pytest.skip("this CPU has no AVX-512: this file's tests already ran the AVX2 builds")
     env = dict(os.environ, JAXPRUNE_NO_AVX512="1")
