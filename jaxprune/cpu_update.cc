@@ -688,10 +688,15 @@ SymmetricKernel SymmetricFor(int64_t lanes) {
   }
 }
 
-ffi::Error CheckReady(ffi::Span<const int64_t> dims) {
+ffi::Error CheckBlas() {
   if (sgemm == nullptr || set_threads_local == nullptr) {
     return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "jaxprune: BLAS was not set");
   }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckReady(ffi::Span<const int64_t> dims) {
+  if (auto error = CheckBlas(); error.failure()) return error;
   if (dims.size() != 3) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxprune: W must be (S, F, d)");
   }
@@ -1065,7 +1070,8 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
 // `num_steps` steps while its weights, mask and noise stay near the core: P' = [W Z^T, <W, 1_S>]
 // (the own kernel from Z packed once for the segment, or sgemm), the loss head (RunHeadStep,
 // whose coefficient increments [Dn, ds] are the direct step's factors), then
-// W <- where(M, W - Dn Z - [k < s] ds, 0) (sgemm with beta = 1, then MaskRow).
+// W <- where(M, W - Dn Z - [k < s] ds, 0) (sgemm with beta = 1, then MaskRow). W and M come
+// in any shape of S F rows of d floats: the state's own spares XLA two copies of W a call.
 ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
                        ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
                        ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
@@ -1075,14 +1081,15 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
                        ffi::ResultBuffer<ffi::F32> w_out, ffi::ResultBuffer<ffi::F32> b_out,
                        ffi::ResultBuffer<ffi::PRED> diverged_out, float power, int64_t support,
                        int64_t bias) {
-  const auto dims = w_in.dimensions();
-  if (auto error = CheckReady(dims); error.failure()) return error;
-  const int64_t groups = dims[0], filters = dims[0] * dims[1], d = dims[2];
-  const int64_t n = noise.dimensions()[1], stride = n + 1;
-  if (mask.element_count() != filters * d || noise.element_count() != groups * n * d) {
+  if (auto error = CheckBlas(); error.failure()) return error;
+  const auto z_dims = noise.dimensions();
+  if (z_dims.size() != 3 || z_dims[2] == 0 || w_in.element_count() % z_dims[2] != 0 ||
+      mask.element_count() != w_in.element_count()) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxprune: direct_steps got inconsistent shapes");
   }
+  const int64_t groups = z_dims[0], n = z_dims[1], d = z_dims[2], stride = n + 1;
+  const int64_t filters = w_in.element_count() / d;
   const auto head = HeadOf("direct_steps", groups, n, filters, b_in, diverged_in, constants,
                            labels, weights, clean, filter_weight, b_out, diverged_out, bias);
   if (head.has_error()) return head.error();

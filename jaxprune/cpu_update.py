@@ -313,9 +313,10 @@ def direct_steps(w, z, mask, b, diverged, head, num_steps, *, power: float, supp
                  bias: bool) -> tuple[jax.Array, ...]:
     """``num_steps`` steps of the direct formulation's plain GD (``train._direct_step``, its
     loss head ``train._gd_factors`` included), each thread taking one run at a time through
-    all the steps; on the CPU only. Shapes: W, M ``(S, F, d)``, Z ``(S, n, d)``; ``b``,
-    ``diverged`` and ``head`` as ``kernel_steps`` takes them. Returns the new W, ``b`` and
-    ``diverged``, in place of the old."""
+    all the steps; on the CPU only. Shapes: Z ``(S, n, d)``; W and M any shape of S F rows
+    of d, such as the state's own (a donated W that reaches the call reshaped, XLA copies out
+    and back); ``b``, ``diverged`` and ``head`` as ``kernel_steps`` takes them, or in any
+    shape of as many. Returns the new W, ``b`` and ``diverged``, in place of the old."""
     return _segment("jaxprune_direct_steps", (w, z, mask, b, diverged, *head), 0, num_steps,
                     power, support, bias)
 

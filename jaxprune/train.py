@@ -615,7 +615,12 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
             return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
 
         def native_loop(carry):
-            return _native_direct_loop(carry, mask, params, groups.train, num_steps, static)
+            # The call gets the state's own W, not the carry's reshape of it: XLA copies a
+            # donated buffer that reaches an in-place call through a reshape, free as that is
+            # (W out and back every segment, a fresh buffer faulted in each time).
+            own = _DirectCarry(state.net.w, state.net.b, state.diverged)
+            done = _native_direct_loop(own, mask, params, groups.train, num_steps, static)
+            return jax.tree.map(lambda a, like: a.reshape(like.shape), done, carry)
 
         carry = jax.lax.platform_dependent(
             _DirectCarry(w, b, diverged), cpu=native_loop if native else xla_loop,
