@@ -9,7 +9,8 @@
 //
 // Runs are independent: each segment call gives a thread a run (or a block of runs) to take
 // through all the steps while its data stay in the core's caches. The update is an sgemm with
-// beta = 1 into W itself, then the support shift and the mask; P is an sgemm too, or on CPUs
+// beta = 1 into W itself, then the support shift and the mask (on CPUs with AVX2 and FMA but
+// not AVX-512, our own kernel with both fused: UpdateRowsAvx2); P is an sgemm too, or on CPUs
 // with AVX-512, or AVX2 and FMA, where it pays, our own kernel (ProjectRows). The work runs on
 // XLA's intra-op threads. sgemm is an ILP64 cblas_sgemm found at run time (numpy's OpenBLAS)
 // and handed over by jaxprune_set_blas before the first call.
@@ -430,6 +431,104 @@ void ProjectRowsAvx2(const float* c, int64_t count, const float* zt, float* p, i
   }
 }
 
+// The direct step's update with AVX2 and FMA, fused with the support shift and the mask:
+// w[r, j] <- keep[r, j] ? w[r, j] - sum_k delta[r, k] z[k, j] - [j < support] shift_r : +0.0,
+// shift_r = delta[r, n]. Z is packed once per segment in panels of 16 columns (zp, by
+// PackNoiseColumns); a tile of R rows keeps its 16 columns' sums in 2 R registers (per k, 2
+// loads and R broadcasts feed 2 R FMAs) and takes all the panels while its rows of delta stay
+// in the L1 cache. Each sum runs over k in order and is then subtracted, as sgemm forms
+// w + (-1) (delta z). sgemm packed Z and delta every call, and the mask was a second pass
+// over w: the direct step ran 1.01-1.02x faster at the paper's sizes, 1.10x at the quick
+// sweep's (benchmarks/RESULTS.md). Read in place, Z's rows d apart ran it 0.88x as fast.
+template <int R>
+JAXPRUNE_AVX2_FMA void UpdateTileAvx2(float* w, int64_t ldw, const uint8_t* keep,
+                                      int64_t ldk, const float* delta, int64_t ldd,
+                                      const float* panel, int64_t n, int64_t support) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; ++k) {
+    const __m256 z0 = _mm256_loadu_ps(panel + 16 * k), z1 = _mm256_loadu_ps(panel + 16 * k + 8);
+    for (int r = 0; r < R; ++r) {
+      const __m256 broadcast = _mm256_set1_ps(delta[r * ldd + k]);
+      acc[r][0] = _mm256_fmadd_ps(broadcast, z0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(broadcast, z1, acc[r][1]);
+    }
+  }
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int v = 0; v < 2; ++v) {
+    const __m256 on_support = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        _mm256_set1_epi32(static_cast<int>(std::min<int64_t>(support, 16)) - 8 * v), lanes));
+    for (int r = 0; r < R; ++r) {
+      float* row = w + r * ldw + 8 * v;
+      __m256 x = _mm256_sub_ps(_mm256_loadu_ps(row), acc[r][v]);
+      if (support > 8 * v) {
+        const __m256 shifted = _mm256_sub_ps(x, _mm256_set1_ps(delta[r * ldd + n]));
+        x = _mm256_blendv_ps(x, shifted, on_support);
+      }
+      const __m256i bytes = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep + r * ldk + 8 * v)));
+      const __m256 kept = _mm256_castsi256_ps(_mm256_cmpgt_epi32(bytes, _mm256_setzero_si256()));
+      _mm256_storeu_ps(row, _mm256_and_ps(x, kept));
+    }
+  }
+}
+
+// zp (ceil(d / 16) 16 n floats): Z (n, d) as panels of 16 columns, each (n, 16) row-major,
+// the last zero-padded.
+void PackNoiseColumns(const float* z, int64_t n, int64_t d, float* zp) {
+  for (int64_t j0 = 0; j0 < d; j0 += 16) {
+    const int64_t cols = std::min<int64_t>(16, d - j0);
+    float* panel = zp + j0 * n;
+    for (int64_t k = 0; k < n; ++k) {
+      std::copy_n(z + k * d + j0, cols, panel + k * 16);
+      std::fill(panel + k * 16 + cols, panel + (k + 1) * 16, 0.0f);
+    }
+  }
+}
+
+// R rows (d apart) across all the panels; the last d mod 16 columns through zero-padded
+// copies of their w and keep.
+template <int R>
+JAXPRUNE_AVX2_FMA void UpdateTileRowsAvx2(float* w, const uint8_t* keep, const float* delta,
+                                          int64_t ldd, const float* zp, int64_t n, int64_t d,
+                                          int64_t support) {
+  const int64_t full = d / 16 * 16, cols = d - full;
+  for (int64_t j0 = 0; j0 < full; j0 += 16) {
+    UpdateTileAvx2<R>(w + j0, d, keep + j0, d, delta, ldd, zp + j0 * n, n, support - j0);
+  }
+  if (cols == 0) return;
+  float tile[R * 16] = {};
+  uint8_t bytes[R * 16] = {};
+  for (int r = 0; r < R; ++r) {
+    std::copy_n(w + r * d + full, cols, tile + r * 16);
+    std::copy_n(keep + r * d + full, cols, bytes + r * 16);
+  }
+  UpdateTileAvx2<R>(tile, 16, bytes, 16, delta, ldd, zp + full * n, n, support - full);
+  for (int r = 0; r < R; ++r) std::copy_n(tile + r * 16, cols, w + r * d + full);
+}
+
+// The update of `rows` rows of w (rows d apart) from their delta (rows ldd apart, [Dn, ds]);
+// zp: Z packed by PackNoiseColumns.
+void UpdateRowsAvx2(float* w, const uint8_t* keep, int64_t rows, const float* delta,
+                    int64_t ldd, const float* zp, int64_t n, int64_t d, int64_t support) {
+  int64_t r = 0;
+  for (; r + kTileRowsAvx2 <= rows; r += kTileRowsAvx2) {
+    UpdateTileRowsAvx2<kTileRowsAvx2>(w + r * d, keep + r * d, delta + r * ldd, ldd, zp, n, d,
+                                      support);
+  }
+  const auto tile = [&](auto update) {
+    update(w + r * d, keep + r * d, delta + r * ldd, ldd, zp, n, d, support);
+  };
+  switch (rows - r) {
+    case 1: return tile(UpdateTileRowsAvx2<1>);
+    case 2: return tile(UpdateTileRowsAvx2<2>);
+    case 3: return tile(UpdateTileRowsAvx2<3>);
+    case 4: return tile(UpdateTileRowsAvx2<4>);
+    case 5: return tile(UpdateTileRowsAvx2<5>);
+    default: return;
+  }
+}
+
 // The floats of Z's packed rows a kernel reads (times d): 16 floor(n / 16) for AVX-512's,
 // whose dot tiles read the last rows in place, n rounded up to 8 for AVX2's.
 int64_t PackedWidth(int64_t n) { return HasAvx512() ? n / 16 * 16 : PackedWidthAvx2(n); }
@@ -453,6 +552,9 @@ bool HasAvx512() { return false; }
 bool OwnKernelRuns() { return false; }
 int64_t PackedWidth(int64_t) { return 0; }
 void PackNoise(const float*, int64_t, int64_t, float*) {}
+void PackNoiseColumns(const float*, int64_t, int64_t, float*) {}
+void UpdateRowsAvx2(float*, const uint8_t*, int64_t, const float*, int64_t, const float*,
+                    int64_t, int64_t, int64_t) {}
 void ProjectRows(const float*, int64_t, const float*, const float*, const float*, float*,
                  int64_t, int64_t, int64_t) {}
 #endif
@@ -1070,8 +1172,9 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
 // `num_steps` steps while its weights, mask and noise stay near the core: P' = [W Z^T, <W, 1_S>]
 // (the own kernel from Z packed once for the segment, or sgemm), the loss head (RunHeadStep,
 // whose coefficient increments [Dn, ds] are the direct step's factors), then
-// W <- where(M, W - Dn Z - [k < s] ds, 0) (sgemm with beta = 1, then MaskRow). W and M come
-// in any shape of S F rows of d floats: the state's own spares XLA two copies of W a call.
+// W <- where(M, W - Dn Z - [k < s] ds, 0) (sgemm with beta = 1, then MaskRow; or
+// UpdateRowsAvx2 from Z packed once). W and M come in any shape of S F rows of d floats: the
+// state's own spares XLA two copies of W a call.
 ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
                        ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
                        ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
@@ -1103,13 +1206,14 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
   const float root_s = std::sqrt(static_cast<float>(support));
   const bool own = OwnKernelRuns() && OwnPays(n) && rows >= kOwnMinBlockRows;
   const int64_t wide = PackedWidth(n);
+  const bool own_update = OwnKernelRuns() && !HasAvx512();
   const auto* keep_all = reinterpret_cast<const uint8_t*>(mask.typed_data());
   ParallelFor(pool, runs, [&](int64_t run) {
     const int64_t g = run / (runs / groups), f0 = rows * run;
     const float* z = noise.typed_data() + g * n * d;
     float* c = w + f0 * d;
     const uint8_t* keep = keep_all + f0 * d;
-    thread_local std::vector<float> zt, zeros, proj, delta, y, scratch;
+    thread_local std::vector<float> zt, zp, zeros, proj, delta, y, scratch;
     proj.resize(rows * stride);
     delta.resize(rows * stride);
     y.assign(rows * stride, 0.0f);
@@ -1118,6 +1222,10 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
       zt.resize(wide * d);
       zeros.assign(d, 0.0f);
       PackNoise(z, n, d, zt.data());
+    }
+    if (own_update) {
+      zp.resize((d + 15) / 16 * 16 * n);
+      PackNoiseColumns(z, n, d, zp.data());
     }
     const auto project = [&] {
       if (own) {
@@ -1135,10 +1243,14 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
     for (int64_t t = 0; t < steps; ++t) {
       std::fill(delta.begin(), delta.end(), 0.0f);
       heads(&run_head, 1, m, n, power, root_s, scratch.data());
-      sgemm(kRowMajor, kNoTrans, kNoTrans, rows, d, n, -1.0f, delta.data(), stride, z, d, 1.0f,
-            c, d);
-      for (int64_t f = 0; f < rows; ++f) {
-        mask_row(c + f * d, keep + f * d, delta[f * stride + n], support, d);
+      if (own_update) {
+        UpdateRowsAvx2(c, keep, rows, delta.data(), stride, zp.data(), n, d, support);
+      } else {
+        sgemm(kRowMajor, kNoTrans, kNoTrans, rows, d, n, -1.0f, delta.data(), stride, z, d,
+              1.0f, c, d);
+        for (int64_t f = 0; f < rows; ++f) {
+          mask_row(c + f * d, keep + f * d, delta[f * stride + n], support, d);
+        }
       }
       if (t + 1 < steps) project();
     }

@@ -314,13 +314,16 @@ def _float32_chunk(bias=False, **sections):
 
 @pytest.mark.parametrize("bias, formulation, sizes", [
     (False, "direct", {}), (True, "direct", {}), (True, "kernel", {}),
-    (False, "direct", {"data": {"n": 20}, "model": {"width": 16}})])
+    (False, "direct", {"data": {"n": 20}, "model": {"width": 16}}),
+    (False, "direct", {"data": {"signal_support": 21}})])
 def test_gd_with_native_update_equals_xla_update(native, bias, formulation, sizes):
     """40 float32 GD steps of 9 runs (3 seeds x 3 fractions, S = 3 groups): with the native
     segments (each thread a run through all the steps; in the kernel formulation Gram matrices
     as interleaved upper triangles) and with XLA's, the weights agree to float32 rounding; so
     do one step and none. With 32 filters and n = 20 the direct segment's projections are the
-    own kernel's (where the CPU has AVX-512, or AVX2 and FMA), with 10 sgemm's."""
+    own kernel's (where the CPU has AVX-512, or AVX2 and FMA), with 10 sgemm's. d = 40: the
+    AVX2 update's two panels of 16 columns and its last 8; a signal support of 21 crosses
+    both."""
     static, params, groups = _float32_chunk(bias, **sizes)
     static = dataclasses.replace(static, formulation=formulation)
     assert static.float_dtype == np.float32 and static.groups == 3
