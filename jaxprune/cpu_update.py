@@ -3,7 +3,8 @@
     P = W Z^T                                   (the forward product, per group; also the
                                                  evaluation's, in blocks of test examples)
     a segment of direct steps, loss head included (``direct_steps``):
-    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update, an OpenBLAS sgemm and the mask)
+    W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update: an OpenBLAS sgemm and the mask,
+                                                 with AVX2 but not AVX-512 one own kernel)
     Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
     a segment of kernel steps, loss head included (``kernel_steps``)
     JAX's threefry hash, as its lowering on the CPU (``_lower_threefry_natively``)
