@@ -438,8 +438,9 @@ void ProjectRowsAvx2(const float* c, int64_t count, const float* zt, float* p, i
 // loads and R broadcasts feed 2 R FMAs) and takes all the panels while its rows of delta stay
 // in the L1 cache. Each sum runs over k in order and is then subtracted, as sgemm forms
 // w + (-1) (delta z). sgemm packed Z and delta every call, and the mask was a second pass
-// over w: the direct step ran 1.01-1.02x faster at the paper's sizes, 1.10x at the quick
-// sweep's (benchmarks/RESULTS.md). Read in place, Z's rows d apart ran it 0.88x as fast.
+// over w: the direct step ran 1.01-1.04x faster at the paper's sizes, 1.09-1.12x at the
+// quick sweep's (benchmarks/RESULTS.md). Read in place, Z's rows d apart (a TLB entry each
+// per k) ran it 0.73-0.91x as fast.
 template <int R>
 JAXPRUNE_AVX2_FMA void UpdateTileAvx2(float* w, int64_t ldw, const uint8_t* keep,
                                       int64_t ldk, const float* delta, int64_t ldd,
