@@ -1,7 +1,9 @@
-"""A/B of the training step: ``jaxprune/train.py`` of a git revision against the working tree.
+"""A/B of the training step, or of the evaluation: ``jaxprune/train.py`` of a git revision
+against the working tree.
 
     .venv/bin/python benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS [FORMULATION]]
     .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6
+    .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 eval
 
 Loads the revision's ``train.py``, ``model.py`` and ``cpu_update.py`` (with its own build of the
 revision's ``cpu_update.cc``) beside the working tree's (the rest of the package is the working
@@ -11,7 +13,9 @@ formulation ``auto``, the engine's choice, unless FORMULATION is ``direct`` or `
 then times calls of STEPS steps in alternation (``bench._interleaved``), after one warm-up
 call each.
 Prints XLA's temporary bytes of each program, the median run-steps per second, the per-repeat
-speed ratio new / old, and how far apart the final weights are.
+speed ratio new / old, and how far apart the final weights are. With STEPS ``eval`` it times
+``evaluate`` instead, with the sweep files' default number of test examples (the bench's
+cases keep 100), after 50 steps, and prints how far apart the metrics are.
 """
 
 import importlib.util
@@ -29,11 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jaxprune import bench, model, train  # noqa: E402
+from jaxprune.config import FIELDS  # noqa: E402
 from jaxprune.spec import FORMULATIONS  # noqa: E402
 
 USAGE = f"""usage: benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS [FORMULATION]]
   REV: a git revision; SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds;
-  RUNS, STEPS, REPEATS (default 12): positive integers; FORMULATION: {", ".join(FORMULATIONS)}
+  RUNS, STEPS, REPEATS (default 12): positive integers, STEPS also "eval" (the evaluation);
+  FORMULATION: {", ".join(FORMULATIONS)}
 example: .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6"""
 
 
@@ -76,14 +82,16 @@ def train_at(rev: str):
     return module
 
 
-def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
-    runs, steps, repeats = int(runs), int(steps), int(repeats)
-    d, n, m = bench.SIZE_SETS[size]
-    static = bench.case_static(bench.Case(size, d, n, m, runs, layout, formulation=formulation))
-    params, seeds = bench.case_inputs(static)
-    groups = train.make_groups(seeds, static)
+def _ratios(times) -> str:
+    ratio = sorted(a / b for a, b in zip(times["old"], times["new"]))
+    return (f"  new/old speed per repeat: median {statistics.median(ratio):.3f}, "
+            f"range {ratio[0]:.3f}-{ratio[-1]:.3f}")
+
+
+def compare_steps(old, static, params, groups, steps, repeats):
+    """Times ``train_steps`` of STEPS steps of both modules."""
     programs = {}
-    for name, module in (("old", train_at(rev)), ("new", train)):
+    for name, module in (("old", old), ("new", train)):
         state = train.init_state(params, groups, static)
         gram = module.build_gram(state.mask, groups, static)
         compiled = module.train_steps.lower(state, params, groups, jnp.int32(0), static=static,
@@ -104,17 +112,59 @@ def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
     for run in runs_of.values():
         run()  # warm-up
     times = bench._interleaved(runs_of, repeats)
+    runs = static.groups * static.group_size
     for name in programs:
         per_step = statistics.median(times[name]) / steps
-        print(f"{size} {layout} R={runs} kernel={static.kernel_step} [{name}] "
-              f"{runs / per_step:,.0f} run-steps/s "
+        print(f"{static.d=} {static.n=} S={static.groups} R={runs} kernel={static.kernel_step} "
+              f"[{name}] {runs / per_step:,.0f} run-steps/s "
               f"{bench.step_flops(static) * runs / per_step / 1e9:.1f} GFLOP/s")
-    ratio = sorted(a / b for a, b in zip(times["old"], times["new"]))
-    print(f"  new/old speed per repeat: median {statistics.median(ratio):.3f}, "
-          f"range {ratio[0]:.3f}-{ratio[-1]:.3f}")
+    print(_ratios(times))
     w_old, w_new = programs["old"][1][0].net.w, programs["new"][1][0].net.w
     print(f"  max |w_old - w_new| / max |w_old| = "
           f"{float(jnp.max(jnp.abs(w_old - w_new)) / jnp.max(jnp.abs(w_old))):.2e}")
+
+
+def compare_evaluations(old, static, params, groups, repeats):
+    """Times ``evaluate`` of both modules on the state after 50 steps."""
+    state = train.train_steps(train.init_state(params, groups, static), params, groups,
+                              jnp.int32(50), static=static)
+    programs = {name: module.evaluate.lower(state, params, groups, static=static).compile()
+                for name, module in (("old", old), ("new", train))}
+    metrics = {}
+
+    def runner(name):
+        def run():
+            metrics[name] = jax.block_until_ready(programs[name](state, params, groups))
+        return run
+
+    runs_of = {name: runner(name) for name in programs}
+    for run in runs_of.values():
+        run()  # warm-up
+    times = bench._interleaved(runs_of, repeats)
+    runs = static.groups * static.group_size
+    test_flop = 2 * runs * 2 * static.width * static.d * static.n_test
+    for name in programs:
+        seconds = statistics.median(times[name])
+        print(f"{static.d=} {static.n=} {static.n_test=} S={static.groups} R={runs} [{name}] "
+              f"evaluation {seconds * 1e3:.1f} ms (test products {test_flop / seconds / 1e9:.0f}"
+              f" GFLOP/s over it)")
+    print(_ratios(times))
+    far = {k: float(jnp.max(jnp.abs(a - b))) for k, a, b in
+           zip(metrics["new"]._fields, metrics["old"], metrics["new"])}
+    print("  max |old - new| per metric: " + ", ".join(f"{k} {v:.1e}" for k, v in far.items()))
+
+
+def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
+    d, n, m = bench.SIZE_SETS[size]
+    n_test = FIELDS["n_test"].default if steps == "eval" else bench.Case.n_test
+    static = bench.case_static(bench.Case(size, d, n, m, int(runs), layout, n_test=n_test,
+                                          formulation=formulation))
+    params, seeds = bench.case_inputs(static)
+    groups = train.make_groups(seeds, static)
+    if steps == "eval":
+        compare_evaluations(train_at(rev), static, params, groups, int(repeats))
+    else:
+        compare_steps(train_at(rev), static, params, groups, int(steps), int(repeats))
 
 
 if __name__ == "__main__":
@@ -123,7 +173,8 @@ if __name__ == "__main__":
         print(USAGE)
         sys.exit(0)
     if not (5 <= len(args) <= 7 and args[1] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
-            and all(a.isdigit() and int(a) > 0 for a in args[3:6])
+            and all(a.isdigit() and int(a) > 0 or i == 4 and a == "eval"
+                    for i, a in enumerate(args[3:6], 3))
             and all(a in FORMULATIONS for a in args[6:])
             and subprocess.run(["git", "rev-parse", "--verify", "-q", f"{args[0]}^{{commit}}"],
                                cwd=ROOT, capture_output=True).returncode == 0):
