@@ -144,11 +144,9 @@ enum Projection : int64_t { kBlas = 0, kOwnWherePays = 1, kOwn = 2 };
 // with at least one panel (n >= 16) it ran 1.2-2.0x sgemm's speed for n = 16 to 100 (its dot
 // tiles for the last n mod 16 columns too, since they keep their sums in registers); below,
 // with dot tiles only, sgemm was faster at n = 4-8 on 100 rows of W or fewer, and at n = 12
-// on 40. Z is packed once per call for groups of
-// kOwnMinRows rows or more; below, per block (12 us for n = 100, d = 1000), where a block has
-// at least kOwnMinBlockRows rows (sgemm was 2.4x faster on 8 rows, 0.63x as fast on 16, 0.82x
-// on 100).
-constexpr int64_t kOwnMinRows = 1024, kOwnMinBlockRows = 32;
+// on 40; and where a block has at least kOwnMinBlockRows rows (sgemm was 2.4x faster on 8
+// rows, 0.63x as fast on 16, 0.82x on 100).
+constexpr int64_t kOwnMinBlockRows = 32;
 
 bool OwnPays(int64_t n) { return n >= 16; }
 
@@ -359,14 +357,45 @@ constexpr int64_t kTileRowsAvx2 = 6, kPanelAvx2 = 16;
 
 int64_t PackedWidthAvx2(int64_t n) { return (n + 7) / 8 * 8; }
 
-void PackNoiseAvx2(const float* z, int64_t n, int64_t d, float* zt) {
-  const int64_t wide = PackedWidthAvx2(n);
+// Rows r[0..7] transposed in registers: r[i] becomes column i of the 8 x 8 block.
+JAXPRUNE_AVX2 void Transpose8(__m256* r) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {
+    s[h] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    s[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    s[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    s[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(s[i], s[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(s[i], s[4 + i], 0x31);
+  }
+}
+
+// Z's rows as panels of kPanelAvx2 columns, in 8 x 8 blocks transposed in registers where 8
+// rows are real; the zero rows of the padding and the last d mod 8 columns one float at a time.
+JAXPRUNE_AVX2 void PackNoiseAvx2(const float* z, int64_t n, int64_t d, float* zt) {
+  const int64_t wide = PackedWidthAvx2(n), full = d / 8 * 8;
   for (int64_t k0 = 0; k0 < wide; k0 += kPanelAvx2) {
-    const int64_t w = std::min(kPanelAvx2, wide - k0), rows = std::min(w, n - k0);
+    const int64_t w = std::min(kPanelAvx2, wide - k0);
     float* panel = zt + k0 * d;
-    for (int64_t j = 0; j < d; ++j) {
-      for (int64_t k = 0; k < rows; ++k) panel[j * w + k] = z[(k0 + k) * d + j];
-      std::fill(panel + j * w + rows, panel + (j + 1) * w, 0.0f);
+    for (int64_t k = 0; k < w; k += 8) {
+      const float* rows = z + (k0 + k) * d;
+      const int64_t real = std::min<int64_t>(8, n - k0 - k);
+      int64_t j = 0;
+      for (; real == 8 && j < full; j += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows + i * d + j);
+        Transpose8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (j + i) * w + k, r[i]);
+      }
+      for (; j < d; ++j) {
+        for (int64_t i = 0; i < 8; ++i) panel[j * w + k + i] = i < real ? rows[i * d + j] : 0.0f;
+      }
     }
   }
 }
@@ -560,48 +589,6 @@ void ProjectRows(const float*, int64_t, const float*, const float*, const float*
                  int64_t, int64_t, int64_t) {}
 #endif
 
-// The projections of a call: by sgemm, or by ProjectRows from each group's Z packed once
-// here (groups of kOwnMinRows rows or more, where a block takes all n columns) or for each
-// block.
-class Projector {
- public:
-  Projector(ffi::ThreadPool& pool, int64_t projection, const float* z, int64_t groups,
-            int64_t rows, int64_t n, int64_t d, int64_t columns)
-      : z_(z), n_(n), d_(d), wide_(PackedWidth(n)), forced_(projection == kOwn),
-        own_(OwnKernelRuns() && (forced_ || (projection == kOwnWherePays && OwnPays(n)))),
-        packed_once_(own_ && rows >= kOwnMinRows && columns == n) {
-    if (!own_) return;
-    zeros_.assign(d, 0.0f);
-    if (!packed_once_) return;
-    zt_.resize(groups * wide_ * d);
-    ParallelFor(pool, groups, [this](int64_t g) {
-      PackNoise(z_ + g * n_ * d_, n_, d_, zt_.data() + g * wide_ * d_);
-    });
-  }
-
-  // Columns k0 .. k0 + cols - 1 of p (count, n) = c (count, d) Z_g^T.
-  void operator()(int64_t g, const float* c, int64_t count, float* p, int64_t k0,
-                  int64_t cols) const {
-    const float* z = z_ + (g * n_ + k0) * d_;
-    if (packed_once_) {
-      ProjectRows(c, count, z, zt_.data() + g * wide_ * d_, zeros_.data(), p, n_, d_, n_);
-    } else if (own_ && (forced_ || count >= kOwnMinBlockRows)) {
-      thread_local std::vector<float> zt;
-      zt.resize(PackedWidth(cols) * d_);
-      PackNoise(z, cols, d_, zt.data());
-      ProjectRows(c, count, z, zt.data(), zeros_.data(), p + k0, cols, d_, n_);
-    } else {
-      sgemm(kRowMajor, kNoTrans, kTrans, count, cols, d_, 1.0f, c, d_, z, d_, 0.0f, p + k0, n_);
-    }
-  }
-
- private:
-  const float* z_;
-  int64_t n_, d_, wide_;
-  bool forced_, own_, packed_once_;
-  std::vector<float> zt_, zeros_;
-};
-
 // The rows of each of S matrices of `rows` rows, cut into blocks of equal size of about
 // `block_bytes` (`row_bytes` a row), never across matrices.
 struct RowBlocks {
@@ -619,6 +606,54 @@ struct RowBlocks {
     const int64_t group = i / per_group, r = (i % per_group) * size;
     return {group, group * rows + r, std::max<int64_t>(0, std::min(size, rows - r))};
   }
+};
+
+// The projections of a call: by sgemm, or by ProjectRows from Z packed once here, each
+// column block of each group, where a group's rows take more than one block (so that no
+// block packs what another packs again), else packed by each block.
+class Projector {
+ public:
+  Projector(ffi::ThreadPool& pool, int64_t projection, const float* z, int64_t groups,
+            const RowBlocks& blocks, int64_t n, int64_t d, int64_t columns)
+      : z_(z), n_(n), d_(d), columns_(columns), column_blocks_((n + columns - 1) / columns),
+        packed_floats_(PackedWidth(columns) * d), forced_(projection == kOwn),
+        own_(OwnKernelRuns() && (forced_ || (projection == kOwnWherePays && OwnPays(n)))),
+        packed_once_(own_ && blocks.per_group > 1 &&
+                     (forced_ || blocks.size >= kOwnMinBlockRows)) {
+    if (!own_) return;
+    zeros_.assign(d, 0.0f);
+    if (!packed_once_) return;
+    zt_.resize(groups * column_blocks_ * packed_floats_);
+    ParallelFor(pool, groups * column_blocks_, [this](int64_t i) {
+      const int64_t g = i / column_blocks_, k0 = i % column_blocks_ * columns_;
+      PackNoise(z_ + (g * n_ + k0) * d_, std::min(columns_, n_ - k0), d_,
+                zt_.data() + i * packed_floats_);
+    });
+  }
+
+  // Columns k0 .. k0 + cols - 1 (k0 a multiple of `columns`) of p (count, n) = c (count, d)
+  // Z_g^T.
+  void operator()(int64_t g, const float* c, int64_t count, float* p, int64_t k0,
+                  int64_t cols) const {
+    const float* z = z_ + (g * n_ + k0) * d_;
+    if (packed_once_) {
+      const float* zt = zt_.data() + (g * column_blocks_ + k0 / columns_) * packed_floats_;
+      ProjectRows(c, count, z, zt, zeros_.data(), p + k0, cols, d_, n_);
+    } else if (own_ && (forced_ || count >= kOwnMinBlockRows)) {
+      thread_local std::vector<float> zt;
+      zt.resize(PackedWidth(cols) * d_);
+      PackNoise(z, cols, d_, zt.data());
+      ProjectRows(c, count, z, zt.data(), zeros_.data(), p + k0, cols, d_, n_);
+    } else {
+      sgemm(kRowMajor, kNoTrans, kTrans, count, cols, d_, 1.0f, c, d_, z, d_, 0.0f, p + k0, n_);
+    }
+  }
+
+ private:
+  const float* z_;
+  int64_t n_, d_, columns_, column_blocks_, packed_floats_;
+  bool forced_, own_, packed_once_;
+  std::vector<float> zt_, zeros_;
 };
 
 // L floats as one vector (GCC's vector extension: one register where the target has one
@@ -835,7 +870,7 @@ ffi::Error Projections(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
                         : std::min(n, std::max<int64_t>(16, fit / 16 * 16));
   const int64_t column_blocks = (n + columns - 1) / columns;
   const RowBlocks blocks(rows, d * sizeof(float), block_bytes);
-  const Projector projector(pool, projection, z, groups, rows, n, d, columns);
+  const Projector projector(pool, projection, z, groups, blocks, n, d, columns);
   ParallelFor(pool, groups * blocks.per_group * column_blocks, [&](int64_t i) {
     const auto [g, first, count] = blocks[i / column_blocks];
     const int64_t k0 = i % column_blocks * columns;

@@ -283,11 +283,11 @@ def gram_triangles(dtype=np.float32) -> bool:
 #: Who forms ``W Z^T``: OpenBLAS's sgemm ("blas"), the library's own kernel wherever the CPU
 #: has AVX-512, or AVX2 and FMA ("own"), or that kernel where it pays and sgemm elsewhere
 #: ("auto", the default): where n >= 16 (``OwnPays`` in ``cpu_update.cc``) and a block has
-#: ``OWN_MIN_BLOCK_ROWS`` rows or more. It reads each group's Z packed, once per call for
-#: groups of ``OWN_MIN_ROWS`` rows or more, else once per block. Without either, sgemm.
+#: ``OWN_MIN_BLOCK_ROWS`` rows or more. It reads each group's Z packed: once per call where a
+#: group's rows take several blocks, else by each block. Without either, sgemm.
 PROJECTIONS = {"blas": 0, "auto": 1, "own": 2}
-#: ``kOwnMinRows`` and ``kOwnMinBlockRows`` of ``cpu_update.cc``.
-OWN_MIN_ROWS, OWN_MIN_BLOCK_ROWS = 1024, 32
+#: ``kOwnMinBlockRows`` of ``cpu_update.cc``.
+OWN_MIN_BLOCK_ROWS = 32
 
 
 def own_projection() -> bool:

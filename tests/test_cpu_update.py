@@ -109,19 +109,19 @@ def test_projections_in_column_blocks(projection, F, n, d, columns):
 
 def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
     """``auto`` forms W Z^T with the own kernel where it has a 16-wide panel (n >= 16) and a
-    block has enough rows, with Z packed once per call for a group of ``OWN_MIN_ROWS`` rows
-    or more and per block below; elsewhere with sgemm. The two round differently, so the
+    block has enough rows, with Z packed once per call where a group takes several blocks and
+    by the block where it takes one; elsewhere with sgemm. The two round differently, so the
     bits tell which ran (at d = 1000: with d = 300 OpenBLAS's AVX2 kernels summed n = 7
     columns in the own kernel's order)."""
     if not cpu_update.own_projection():
         pytest.skip("this CPU has neither AVX-512 nor AVX2 with FMA: the own projection "
                     "kernel does not run here")
-    least, block = cpu_update.OWN_MIN_ROWS, cpu_update.OWN_MIN_BLOCK_ROWS
-    for rows, n, expected in ((least, 20, "own"),  # Z packed once per call
-                              (least - 4, 20, "own"),  # packed per block of up to 1 MiB
+    block = cpu_update.OWN_MIN_BLOCK_ROWS
+    many = 1000  # four blocks of 1 MiB: Z packed once per call
+    for rows, n, expected in ((many, 20, "own"), (200, 20, "own"),  # one block: by the block
                               (block, 100, "own"), (block - 4, 100, "blas"),  # block rows
-                              (least, 30, "own"), (least, 16, "own"),  # 14 and 0 dot columns
-                              (least, 15, "blas"), (least, 7, "blas")):  # no panel
+                              (many, 30, "own"), (many, 16, "own"),  # 14 and 0 dot columns
+                              (many, 15, "blas"), (many, 7, "blas")):  # no panel
         w, z = product_inputs(1, rows, n, 1000)
         got = {p: np.asarray(cpu_update.projections(w, z, block_bytes=1 << 20, projection=p))
                for p in ("auto", "own", "blas")}
