@@ -756,10 +756,11 @@ def _initial_projections(mask, params: RunParams, groups: GroupData, static: Sta
 
 
 def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
-                 static: Static, test_proj=None):
+                 static: Static, test_proj=None, train_proj=None):
     """Metrics of one run; ``initial_proj`` is ``<W(0)[j,r], z_i>`` of its training examples
-    ``(n, 2, m)`` (see ``_initial_projections``); ``test_proj``, where given, those of W and
-    the test examples, ``(2, m, n_test)``."""
+    ``(n, 2, m)`` (see ``_initial_projections``); where given, ``test_proj`` are those of W
+    and the test examples, ``(2, m, n_test)``, and ``train_proj`` of W and the training
+    examples, ``(n, 2, m)``."""
     dtype = static.float_dtype
     ctx = context(p, static)
     real_filter = jnp.arange(static.width) < p.width
@@ -775,7 +776,8 @@ def _metrics_run(net: Network, mask, initial_proj, p: RunParams, g: GroupData,
         error = jnp.sum(wrong) / count.astype(dtype)
         return jnp.sum(weights * example_loss(margin)), error, labels, weights
 
-    train_proj = noise_projections(net.w, g.train)
+    if train_proj is None:
+        train_proj = noise_projections(net.w, g.train)
     train_loss, train_error, labels, weights = loss_and_error(
         g.train, p.n, static.n, outputs(net, ctx, g.train, static, train_proj))
     test_out = (outputs(net, ctx, g.test, static) if test_proj is None else
@@ -907,12 +909,13 @@ def _compiler_options() -> dict[str, str]:
 COMPILER_OPTIONS = _compiler_options()
 
 
-def _native_test_projections(static: Static) -> bool:
-    """Whether the evaluation forms the test examples' projections with the own kernel of
-    ``cpu_update`` (where it runs: the CPU is the default backend, float32, AVX-512 or AVX2).
-    Its entries have the same bits whatever rows share a call, so a run's metrics still do
-    not depend on its batch; sgemm's do, and elsewhere XLA forms them one example at a
-    time."""
+def _native_evaluation_products(static: Static) -> bool:
+    """Whether the evaluation forms the projections of W and W(0) with the training and test
+    examples by the own kernel of ``cpu_update`` (where it runs: the CPU is the default
+    backend, float32, AVX-512 or AVX2; the evaluation then ran 1.10-1.16x at d = 1000,
+    ``benchmarks/RESULTS.md``). Its entries have the same bits whatever rows share a call, so
+    a run's metrics still do not depend on its batch; sgemm's do, and elsewhere XLA forms them
+    one example at a time."""
     return (jax.default_backend() == "cpu" and cpu_update.available(static.float_dtype)
             and cpu_update.own_projection())
 
@@ -920,22 +923,21 @@ def _native_test_projections(static: Static) -> bool:
 def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: Static,
               block_bytes: int = EVAL_BLOCK_BYTES, native: bool | None = None) -> Metrics:
     """Every run's metrics, in blocks of runs of about ``block_bytes`` of W and examples
-    (``_run_blocks``: each block is a contiguous slice of the run axis); ``native``: the test
-    projections by ``cpu_update.projections`` (None: ``_native_test_projections``)."""
+    (``_run_blocks``: each block is a contiguous slice of the run axis); ``native``: the
+    projections of W and W(0) with the examples by ``cpu_update.projections`` (None:
+    ``_native_evaluation_products``)."""
     examples = (static.n + static.n_test) * static.d * static.float_dtype.itemsize
     axis, k = _run_blocks(static, block_bytes, group_bytes=examples)
     part = dataclasses.replace(static, **({"group_size": k} if axis == 1 else {"groups": k}))
     runs = part.groups * part.group_size
     if native is None:
-        native = _native_test_projections(static)
+        native = _native_evaluation_products(static)
 
-    def test_projections(w, first_group):  # (runs, 2, m, d) -> (runs, 2, m, n_test)
+    def projections(w, noise, first_group, **blocks):  # (runs, 2, m, d) -> (runs, 2, m, N)
         filters = part.group_size * 2 * static.width
-        proj = cpu_update.projections(w.reshape(part.groups, filters, static.d),
-                                      groups.test.noise,
-                                      projection="own", column_bytes=TEST_COLUMN_BYTES,
-                                      first_group=first_group)
-        return proj.reshape(w.shape[:-1] + (static.n_test,))
+        proj = cpu_update.projections(w.reshape(part.groups, filters, static.d), noise,
+                                      projection="own", first_group=first_group, **blocks)
+        return proj.reshape(w.shape[:-1] + noise.shape[1:2])
 
     def block(i):
         # Slices inside the loop, not lax.map over arrays reshaped to (blocks, k, ...): with
@@ -944,11 +946,23 @@ def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: S
         cut = lambda size: lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size)  # noqa: E731
         net, mask, p = jax.tree.map(cut(runs), (state.net, state.mask, params))
         group = groups if axis == 1 else jax.tree.map(cut(k), groups)
-        initial_proj = _initial_projections(mask, p, group, part)
-        test_proj = test_projections(net.w, 0 if axis == 1 else i * k) if native else None
-        metrics = over_runs(lambda net, m, p0, p, tp, group: _metrics_run(
-            net, m, p0, p, group, part, tp), part)
-        return metrics(net, mask, initial_proj, p, test_proj, group)
+        if native:
+            first = 0 if axis == 1 else i * k
+            by_example = lambda proj: jnp.moveaxis(proj, -1, 1)  # noqa: E731  (runs, N, 2, m)
+            base = group.init_base[:, None].repeat(part.group_size, 1).reshape(net.w.shape)
+            kept = jnp.where(mask, base, 0.0).astype(net.w.dtype)
+            scale = init_scale(p, part).astype(net.w.dtype)
+            initial_proj = scale[:, None, None, None] * by_example(
+                projections(kept, groups.train.noise, first))
+            train_proj = by_example(projections(net.w, groups.train.noise, first))
+            test_proj = projections(net.w, groups.test.noise, first,
+                                    column_bytes=TEST_COLUMN_BYTES)
+        else:
+            initial_proj, train_proj, test_proj = (
+                _initial_projections(mask, p, group, part), None, None)
+        metrics = over_runs(lambda net, m, p0, p, tp, trp, group: _metrics_run(
+            net, m, p0, p, group, part, tp, trp), part)
+        return metrics(net, mask, initial_proj, p, test_proj, train_proj, group)
 
     out = jax.lax.map(block, jnp.arange(static.groups * static.group_size // runs))
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
