@@ -286,11 +286,12 @@ GROUP_BLOCK_BYTES = 1 << 20
 #: (``benchmarks/eval_blocks.py``, ``benchmarks/RESULTS.md``, 2026-12-04).
 EVAL_BLOCK_BYTES = 1 << 22
 
-#: Bytes of test examples a block of the evaluation's native test projections takes
-#: (``cpu_update.projections``' column blocks): half one core's L2 cache, so that a block's
-#: examples, packed, stay there while the block's rows of W pass, and a block of runs with
-#: many test examples is shared among the threads.
-TEST_COLUMN_BYTES = cpu_update.cache_bytes(2, 1 << 19, 1 << 18, 1 << 23) // 2
+#: Bytes of the rows of Z that a column block of a native projection takes where Z has many
+#: (``cpu_update.projections``' column blocks: the evaluation's test examples, the Gram
+#: build's pairs): half one core's L2 cache, so that a block's rows, packed, stay there while
+#: the block's rows of W pass, and a block of runs with many of them is shared among the
+#: threads.
+COLUMN_BYTES = cpu_update.cache_bytes(2, 1 << 19, 1 << 18, 1 << 23) // 2
 
 #: Bytes of Gram matrices of one block of runs of the kernel formulation with XLA's products on
 #: the CPU (where the native ones do not run: ``cpu_update.kernel_steps`` picks its own blocks),
@@ -485,6 +486,7 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     """Gram matrices of ``Z' = [Z; 1_S]`` (``_support_noise``: the support's sums ride along),
     per group ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z'_i * z'_j`` over all
     k = (n + 1)^2 pairs, or the k = (n + 1) (n + 2) / 2 pairs i <= j where ``packed`` (then
+    by ``cpu_update.projections``' own kernel, 1.14x XLA's product, and
     ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
     exists). Where a group's F filters fill fewer than ``cpu_update.vector_lanes()`` lanes,
     g groups share each set of lanes (the native products read the S F filters in order, a
@@ -499,9 +501,10 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     i, j = cpu_update.pack_upper(n) if packed else np.indices((n, n)).reshape(2, -1)
 
     def block(m, outer):
-        k = jnp.einsum("fd,kd->fk", m.astype(outer.dtype), outer)
         if not packed:
-            return k.reshape(-1, n, n)
+            return jnp.einsum("fd,kd->fk", m.astype(outer.dtype), outer).reshape(-1, n, n)
+        k = cpu_update.projections(m.astype(outer.dtype)[None], outer[None], projection="own",
+                                   column_bytes=COLUMN_BYTES)[0]
         return cpu_update.interleave(k) if g == 1 else k  # else interleaved with g groups
 
     def one_group(group):
@@ -956,7 +959,7 @@ def _evaluate(state: TrainState, params: RunParams, groups: GroupData, static: S
                 projections(kept, groups.train.noise, first))
             train_proj = by_example(projections(net.w, groups.train.noise, first))
             test_proj = projections(net.w, groups.test.noise, first,
-                                    column_bytes=TEST_COLUMN_BYTES)
+                                    column_bytes=COLUMN_BYTES)
         else:
             initial_proj, train_proj, test_proj = (
                 _initial_projections(mask, p, group, part), None, None)

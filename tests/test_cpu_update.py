@@ -313,6 +313,28 @@ def _float32_chunk(bias=False, **sections):
     return static, params, groups
 
 
+def test_native_gram_triangles_are_within_float32_summation_error(native):
+    """The kernel formulation's Gram matrices as the CPU keeps them (upper triangles of
+    ``Z' diag(M_f) Z'^T``, ``Z' = [Z; 1_S]``, by the own projection kernel in column blocks
+    of pairs, interleaved 2 filters a set here) against float64: each entry is a float32 sum
+    of d products, so within d eps of the sum of their magnitudes."""
+    static, params, groups = _float32_chunk()
+    static = dataclasses.replace(static, formulation="kernel")
+    state = train.init_state(params, groups, static)
+    got = np.asarray(cpu_update.deinterleave(train.build_gram(state.mask, groups,
+                                                              static).matrices))
+    S, F, d = static.groups, static.group_size * 2 * static.width, static.d
+    z = np.asarray(train._support_noise(groups.train.noise, static), np.float64)
+    i, j = cpu_update.pack_upper(z.shape[1])
+    mask = np.asarray(state.mask).reshape(S, F, d)
+    exact = np.einsum("sfd,skd->sfk", mask, z[:, i] * z[:, j])
+    bound = d * np.finfo(np.float32).eps * np.einsum("sfd,skd->sfk", mask,
+                                                     np.abs(z[:, i] * z[:, j]))
+    assert got.shape == exact.shape == (3, 30, 91)
+    assert np.all(np.abs(got - exact) <= bound)
+    assert np.abs(exact).max() > 100.0
+
+
 @pytest.mark.parametrize("bias, formulation, sizes", [
     (False, "direct", {}), (True, "direct", {}), (True, "kernel", {}),
     (False, "direct", {"data": {"n": 20}, "model": {"width": 16}}),
