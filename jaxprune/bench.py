@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -473,16 +474,34 @@ def _settle(window: float = 0.02, timeout: float = 1.0) -> None:
         used = now
 
 
-def _interleaved(segments: dict, repeats: int) -> dict[str, list[float]]:
-    """Times each of ``segments`` once per repeat, in rotation, each from a settled process."""
+def _interleaved(segments: dict, repeats: int, usage: dict | None = None
+                 ) -> dict[str, list[float]]:
+    """Times each of ``segments`` once per repeat, in rotation, each from a settled process.
+    With ``usage``, also puts there each call's ``(system seconds, user seconds, minor page
+    faults)`` of the whole process, per segment (``getrusage``)."""
     times = {k: [] for k in segments}
     for _ in range(repeats):
         for name, fn in segments.items():
             _settle()
+            before = resource.getrusage(resource.RUSAGE_SELF)
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
+            if usage is not None:
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                usage.setdefault(name, []).append((after.ru_stime - before.ru_stime,
+                                                   after.ru_utime - before.ru_utime,
+                                                   after.ru_minflt - before.ru_minflt))
     return times
+
+
+def _system_load(calls: list[tuple[float, float, int]], steps: int) -> dict:
+    """``system_share``: the share of the calls' CPU time the kernel spent on the process's
+    behalf (page faults, thread wake-ups; a copy of the state into fresh memory every call
+    showed here first, ``benchmarks/RESULTS.md``), and ``minor_faults_per_step``."""
+    system, user, faults = (sum(column) for column in zip(*calls))
+    return {"system_share": system / max(system + user, 1e-9),
+            "minor_faults_per_step": faults / (len(calls) * steps)}
 
 
 #: Fewest steps per timed call of the step program (at paper-d1000, ``seeds``, R = 256, one
@@ -524,8 +543,9 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
       ``other_cores`` (CPU other processes used while timing), ``peak_gflops`` (the square
       product timed beside the step; None without ``peak_size``), and per implementation
       ``steps`` (per timed
-      segment), ``step_s`` (median seconds per step of all R runs), ``run_steps_per_s`` and
-      ``gflops``; or ``skipped`` with the reason.
+      segment), ``step_s`` (median seconds per step of all R runs), ``run_steps_per_s``,
+      ``gflops``, ``system_share`` and ``minor_faults_per_step`` (``_system_load``); or
+      ``skipped`` with the reason.
     """
     log = log or (lambda msg: None)
     static = case_static(case)
@@ -566,7 +586,8 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
         segments["peak"], peak_flop = square_product(peak_size, case.precision)
         segments["peak"]()  # warm-up: OpenBLAS's threads and buffers
     cpu_start = _cpu_sample()
-    times = _interleaved(segments, repeats)
+    usage = {}
+    times = _interleaved(segments, repeats, usage)
     other = _other_cores(cpu_start, _cpu_sample())
     med = {k: statistics.median(v) for k, v in times.items()}
     flop = step_flops(static)
@@ -582,7 +603,8 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
         out["impls"][k] = {"steps": steps[k], "step_s": step_s,
                            "run_steps_per_s": case.runs / step_s,
                            "gflops": case.runs * flop / step_s / 1e9,
-                           "spread": (min(times[k]) / med[k], max(times[k]) / med[k])}
+                           "spread": (min(times[k]) / med[k], max(times[k]) / med[k]),
+                           **_system_load(usage[k], steps[k])}
     log(_case_line(out))
     return out
 
@@ -974,6 +996,12 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
 # Report.
 
 
+def _system_cell(impl: dict) -> str:
+    if "system_share" not in impl:  # results of a bench from before it measured them
+        return "n/a"
+    return f"{100 * impl['system_share']:.1f} % / {impl['minor_faults_per_step']:,.0f}"
+
+
 def _fmt(x: float) -> str:
     if x >= 100:
         return f"{x:,.0f}"
@@ -1057,13 +1085,15 @@ def format_markdown(result: dict) -> str:
         "formula's work per second (equivalent throughput) and can exceed the peak; "
         "building their Gram matrices (column \"Gram s\", once per chunk) is left out of "
         "their run-steps/s and ratios. eval s: one evaluation of the row's R runs on "
-        f"{_test_sizes(result['cases'])} test examples.",
+        f"{_test_sizes(result['cases'])} test examples. advance sys %: the share of this "
+        "process's CPU time in the kernel while advance's steps were timed, and its minor page "
+        "faults a step (fresh memory touched: both near 0 when the step reuses its buffers).",
         "",
         "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
         "| peak beside | % of it "
         "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
-        "| compile s | eval s | Gram s | others' CPU |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| compile s | eval s | Gram s | others' CPU | advance sys % / faults a step |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
@@ -1079,7 +1109,7 @@ def format_markdown(result: dict) -> str:
             f"| {cell(loop)} | {cell(tor)} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
-            f"| {_number_or_na(r.get('other_cores'))} |")
+            f"| {_number_or_na(r.get('other_cores'))} | {_system_cell(adv)} |")
     skipped = {v for r in result["cases"] for v in r["skipped"].values()}
     for why in sorted(skipped):
         lines.append(f"\ntorch: {why}")

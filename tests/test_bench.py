@@ -4,6 +4,7 @@ times computes the same step as ``train.advance`` (speed itself is never asserte
 import copy
 import importlib.machinery
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -137,6 +138,10 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     for r in result["cases"]:  # the square product timed beside each case, and its share
         share = 100 * r["impls"]["advance"]["gflops"] / r["peak_gflops"]
         assert f"| {r['peak_gflops']:.1f} | {share:.0f} % |" in text
+        adv = r["impls"]["advance"]  # the kernel's share of its time and its page faults
+        assert 0.0 <= adv["system_share"] <= 1.0 and adv["minor_faults_per_step"] >= 0.0
+        assert (f"| {100 * adv['system_share']:.1f} % / "
+                f"{adv['minor_faults_per_step']:,.0f} |") in text
     # The tiny sizes run the kernel formulation: its Gram matrices' traffic against the read
     # bandwidth (numpy's threads on the CPU and XLA's sum, each of the 1 MiB array).
     bandwidth = result["bandwidth"]
@@ -238,6 +243,33 @@ def test_timing_waits_for_the_process_s_spinning_threads():
     start = time.perf_counter()
     bench._settle(timeout=5.0)
     assert time.perf_counter() - start < 2.5  # returned before its timeout: nothing spun
+
+
+def test_timing_counts_each_call_s_page_faults():
+    """``_interleaved`` gives each call's minor page faults and CPU times: a call that writes
+    to 2,048 fresh pages (small pages: no transparent huge page may back them) takes a fault
+    for each, a call that touches nothing next to none; ``_system_load`` puts them per step."""
+    pages = 2048
+
+    def touch():
+        memory = mmap.mmap(-1, pages * mmap.PAGESIZE)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux's transparent huge pages
+            memory.madvise(mmap.MADV_NOHUGEPAGE)
+        for offset in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+            memory[offset] = 1
+        memory.close()
+
+    usage = {}
+    times = bench._interleaved({"touch": touch, "idle": lambda: None}, 3, usage)
+    assert [len(v) for v in (*times.values(), *usage.values())] == [3] * 4
+    for system, user, faults in usage["touch"]:
+        assert pages <= faults <= pages + 100 and system >= 0.0 and user >= 0.0
+    assert max(faults for *_, faults in usage["idle"]) < 50
+    load = bench._system_load(usage["touch"], steps=4)
+    assert pages / 4 <= load["minor_faults_per_step"] <= (pages + 100) / 4
+    assert 0.0 <= load["system_share"] <= 1.0
+    assert bench._system_load([(1.0, 3.0, 10), (1.0, 1.0, 30)], 5) == {
+        "system_share": 2.0 / 6.0, "minor_faults_per_step": 4.0}
 
 
 def test_memory_profile_of_a_tiny_case():
