@@ -1093,7 +1093,7 @@ def format_markdown(result: dict) -> str:
         "| peak beside | % of it "
         "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
         "| compile s | eval s | Gram s | others' CPU | advance sys % / faults a step |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---|---|" + "---:|" * 14,
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
