@@ -4,6 +4,7 @@ against the working tree.
     .venv/bin/python benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS [FORMULATION]]
     .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6
     .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 eval
+    .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 gram
 
 Loads the revision's ``train.py``, ``model.py`` and ``cpu_update.py`` (with its own build of the
 revision's ``cpu_update.cc``) beside the working tree's (the rest of the package is the working
@@ -15,7 +16,9 @@ call each.
 Prints XLA's temporary bytes of each program, the median run-steps per second, the per-repeat
 speed ratio new / old, and how far apart the final weights are. With STEPS ``eval`` it times
 ``evaluate`` instead, with the sweep files' default number of test examples (the bench's
-cases keep 100), after 50 steps, and prints how far apart the metrics are.
+cases keep 100), after 50 steps, and prints how far apart the metrics are; with ``gram``,
+``build_gram`` (the kernel formulation's Gram matrices, once per chunk), and how far apart
+they are.
 """
 
 import importlib.util
@@ -38,7 +41,8 @@ from jaxprune.spec import FORMULATIONS  # noqa: E402
 
 USAGE = f"""usage: benchmarks/ab_revision.py REV SIZE LAYOUT RUNS STEPS [REPEATS [FORMULATION]]
   REV: a git revision; SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds;
-  RUNS, STEPS, REPEATS (default 12): positive integers, STEPS also "eval" (the evaluation);
+  RUNS, STEPS, REPEATS (default 12): positive integers, STEPS also "eval" (the evaluation)
+  or "gram" (the Gram matrices' build);
   FORMULATION: {", ".join(FORMULATIONS)}
 example: .venv/bin/python benchmarks/ab_revision.py a39ed9a paper-d1000 seeds 256 6"""
 
@@ -154,6 +158,33 @@ def compare_evaluations(old, static, params, groups, repeats):
     print("  max |old - new| per metric: " + ", ".join(f"{k} {v:.1e}" for k, v in far.items()))
 
 
+def compare_gram_builds(old, static, params, groups, repeats):
+    """Times ``build_gram`` of both modules."""
+    mask = train.init_state(params, groups, static).mask
+    programs = {name: module.build_gram.lower(mask, groups, static=static).compile()
+                for name, module in (("old", old), ("new", train))}
+    built = {}
+
+    def runner(name):
+        def run():
+            built[name] = jax.block_until_ready(programs[name](mask, groups)).matrices
+        return run
+
+    runs_of = {name: runner(name) for name in programs}
+    for run in runs_of.values():
+        run()  # warm-up
+    times = bench._interleaved(runs_of, repeats)
+    pairs = (static.n + 1) * (static.n + 2) // 2  # upper triangles of [Z; 1_S]'s products
+    flop = 2 * static.groups * static.group_size * 2 * static.width * static.d * pairs
+    for name in programs:
+        seconds = statistics.median(times[name])
+        print(f"{static.d=} {static.n=} S={static.groups} G={static.group_size} [{name}] "
+              f"Gram build {seconds:.3f} s ({flop / seconds / 1e9:.0f} GFLOP/s of triangles)")
+    print(_ratios(times))
+    far = jnp.max(jnp.abs(built["old"] - built["new"])) / jnp.max(jnp.abs(built["old"]))
+    print(f"  max |old - new| / max |old| = {float(far):.2e}")
+
+
 def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
     d, n, m = bench.SIZE_SETS[size]
     n_test = FIELDS["n_test"].default if steps == "eval" else bench.Case.n_test
@@ -163,6 +194,10 @@ def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
     groups = train.make_groups(seeds, static)
     if steps == "eval":
         compare_evaluations(train_at(rev), static, params, groups, int(repeats))
+    elif steps == "gram":
+        if not static.kernel_step:
+            sys.exit(f"{size} {layout} R={runs} runs the direct formulation: no Gram matrices")
+        compare_gram_builds(train_at(rev), static, params, groups, int(repeats))
     else:
         compare_steps(train_at(rev), static, params, groups, int(steps), int(repeats))
 
@@ -173,7 +208,7 @@ if __name__ == "__main__":
         print(USAGE)
         sys.exit(0)
     if not (5 <= len(args) <= 7 and args[1] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
-            and all(a.isdigit() and int(a) > 0 or i == 4 and a == "eval"
+            and all(a.isdigit() and int(a) > 0 or i == 4 and a in ("eval", "gram")
                     for i, a in enumerate(args[3:6], 3))
             and all(a in FORMULATIONS for a in args[6:])
             and subprocess.run(["git", "rev-parse", "--verify", "-q", f"{args[0]}^{{commit}}"],
