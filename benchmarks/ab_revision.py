@@ -86,6 +86,22 @@ def train_at(rev: str):
     return module
 
 
+def _alternate(calls: dict, repeats: int):
+    """Runs each of ``calls`` once (warm-up), then times them in alternation
+    (``bench._interleaved``); returns the times and each call's last result."""
+    results = {}
+
+    def runner(name, call):
+        def run():
+            results[name] = jax.block_until_ready(call())
+        return run
+
+    runs_of = {name: runner(name, call) for name, call in calls.items()}
+    for run in runs_of.values():
+        run()
+    return bench._interleaved(runs_of, repeats), results
+
+
 def _ratios(times) -> str:
     ratio = sorted(a / b for a, b in zip(times["old"], times["new"]))
     return (f"  new/old speed per repeat: median {statistics.median(ratio):.3f}, "
@@ -104,18 +120,15 @@ def compare_steps(old, static, params, groups, steps, repeats):
               flush=True)
         programs[name] = (compiled, [state], gram)
 
-    def runner(name):
+    def call(name):
         compiled, holder, gram = programs[name]
 
         def run():
-            holder[0] = jax.block_until_ready(compiled(holder[0], params, groups,
-                                                       jnp.int32(steps), gram=gram))
+            holder[0] = compiled(holder[0], params, groups, jnp.int32(steps), gram=gram)
+            return holder[0]
         return run
 
-    runs_of = {name: runner(name) for name in programs}
-    for run in runs_of.values():
-        run()  # warm-up
-    times = bench._interleaved(runs_of, repeats)
+    times, final = _alternate({name: call(name) for name in programs}, repeats)
     runs = static.groups * static.group_size
     for name in programs:
         per_step = statistics.median(times[name]) / steps
@@ -123,7 +136,7 @@ def compare_steps(old, static, params, groups, steps, repeats):
               f"[{name}] {runs / per_step:,.0f} run-steps/s "
               f"{bench.step_flops(static) * runs / per_step / 1e9:.1f} GFLOP/s")
     print(_ratios(times))
-    w_old, w_new = programs["old"][1][0].net.w, programs["new"][1][0].net.w
+    w_old, w_new = final["old"].net.w, final["new"].net.w
     print(f"  max |w_old - w_new| / max |w_old| = "
           f"{float(jnp.max(jnp.abs(w_old - w_new)) / jnp.max(jnp.abs(w_old))):.2e}")
 
@@ -134,17 +147,8 @@ def compare_evaluations(old, static, params, groups, repeats):
                               jnp.int32(50), static=static)
     programs = {name: module.evaluate.lower(state, params, groups, static=static).compile()
                 for name, module in (("old", old), ("new", train))}
-    metrics = {}
-
-    def runner(name):
-        def run():
-            metrics[name] = jax.block_until_ready(programs[name](state, params, groups))
-        return run
-
-    runs_of = {name: runner(name) for name in programs}
-    for run in runs_of.values():
-        run()  # warm-up
-    times = bench._interleaved(runs_of, repeats)
+    times, metrics = _alternate(
+        {name: lambda c=c: c(state, params, groups) for name, c in programs.items()}, repeats)
     runs = static.groups * static.group_size
     test_flop = 2 * runs * 2 * static.width * static.d * static.n_test
     for name in programs:
@@ -163,17 +167,8 @@ def compare_gram_builds(old, static, params, groups, repeats):
     mask = train.init_state(params, groups, static).mask
     programs = {name: module.build_gram.lower(mask, groups, static=static).compile()
                 for name, module in (("old", old), ("new", train))}
-    built = {}
-
-    def runner(name):
-        def run():
-            built[name] = jax.block_until_ready(programs[name](mask, groups)).matrices
-        return run
-
-    runs_of = {name: runner(name) for name in programs}
-    for run in runs_of.values():
-        run()  # warm-up
-    times = bench._interleaved(runs_of, repeats)
+    times, built = _alternate(
+        {name: lambda c=c: c(mask, groups).matrices for name, c in programs.items()}, repeats)
     pairs = (static.n + 1) * (static.n + 2) // 2  # upper triangles of [Z; 1_S]'s products
     flop = 2 * static.groups * static.group_size * 2 * static.width * static.d * pairs
     for name in programs:
