@@ -486,7 +486,7 @@ def _gram(mask, z, static: Static, block_bytes: int, packed: bool) -> Gram:
     """Gram matrices of ``Z' = [Z; 1_S]`` (``_support_noise``: the support's sums ride along),
     per group ``M (F x d) @ ZZ (d x k)`` with ``ZZ[:, (i, j)] = z'_i * z'_j`` over all
     k = (n + 1)^2 pairs, or the k = (n + 1) (n + 2) / 2 pairs i <= j where ``packed`` (then
-    by ``cpu_update.projections``' own kernel, 1.14-1.29x XLA's product at d = 1000, and
+    by ``cpu_update.projections``' own kernel, 1.13-1.29x XLA's product at d = 1000, and
     ``cpu_update.interleave``d), in blocks of filters so that no float copy of the whole mask
     exists). Where a group's F filters fill fewer than ``cpu_update.vector_lanes()`` lanes,
     g groups share each set of lanes (the native products read the S F filters in order, a
