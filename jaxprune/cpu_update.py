@@ -1,7 +1,9 @@
 """The matrix products of plain GD as native calls on the CPU (XLA FFI custom calls):
 
     P = W Z^T                                   (the forward product, per group; also the
-                                                 evaluation's, in blocks of test examples)
+                                                 evaluation's, of W and W(0), and the Gram
+                                                 build's, in column blocks where Z has many
+                                                 rows)
     a segment of direct steps, loss head included (``direct_steps``):
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update: an OpenBLAS sgemm and the mask,
                                                  with AVX2 but not AVX-512 one own kernel)
