@@ -4,7 +4,8 @@
 //     the direct formulation's segment of GD      jaxprune_direct_steps, its loss head too:
 //     W <- where(M, W - Dn Z - [k < s] ds, 0)      Dn, P: (S, F, n)  ds: (S, F, 1)
 //     Y_f = K_f A_f                                K_f: symmetric n x n, upper triangles
-//     the kernel formulation's segment of GD      jaxprune_kernel_steps, its loss head too
+//     the kernel formulation's segment of GD      jaxprune_kernel_steps, its loss head, P and
+//                                                 the update too
 //     JAX's threefry2x32 hash                     jaxprune_threefry2x32
 //
 // Runs are independent: each segment call gives a thread a run (or a block of runs) to take
@@ -919,8 +920,9 @@ ffi::Error SymmetricProducts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
 // The kernel formulation's segment of plain GD (cpu_update.kernel_steps). Each thread takes a
 // block of runs through all the segment's steps: Y = K'_f C_f for the block's filters, then
 // each run's loss head on its projections P' = P0' - Y, which adds lr [dL/dP, dL/dc / sqrt(s)]
-// to its C (the math of train._gd_factors). In XLA the head was some 20 small operations a
-// step, each handed from thread to thread.
+// to its C (the math of train._gd_factors); the block starts with its P0' and ends with its
+// update of W (SegmentProducts, below). In XLA the head was some 20 small operations a step,
+// each handed from thread to thread.
 
 // One run's head: its 2 m filters' rows of P0', Y and C ((2 m, n + 1): [W Z^T, <W, 1_S>]).
 struct RunHead {
@@ -1146,19 +1148,115 @@ ffi::ErrorOr<SegmentHead> HeadOf(const char* call, int64_t groups, int64_t n, in
   return head;
 }
 
-ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
-                       ffi::Buffer<ffi::F32> proj0, ffi::Buffer<ffi::F32> coef_in,
+// What a segment call forms with one group's noise Z (n, d) for `rows` rows C of W (d apart):
+// P' = [C Z^T, <C, 1_S>] (ProjectRows from Z packed, or sgemm), and the update
+// C <- where(M, C - Dn Z - [k < s] ds, 0) from delta = [Dn, ds] (UpdateRowsAvx2 from Z packed,
+// or sgemm with beta = 1 and then MaskRow). Each thread packs a group's Z once per call: where
+// runs share a group, its runs after the first find it packed.
+class SegmentProducts {
+ public:
+  SegmentProducts(int64_t n, int64_t d, int64_t rows, int64_t support)
+      : n_(n), d_(d), support_(support),
+        own_(OwnKernelRuns() && OwnPays(n) && rows >= kOwnMinBlockRows),
+        own_update_(OwnKernelRuns() && !HasAvx512()), mask_row_(MaskRowFor()), call_(++calls_) {}
+
+  // proj (rows, n + 1), rows `stride` apart.
+  void Project(const float* z, const float* c, int64_t rows, float* proj, int64_t stride) const {
+    if (own_) {
+      const Packed& packed = PackedFor(z);
+      ProjectRows(c, rows, z, packed.zt.data(), packed.zeros.data(), proj, n_, d_, stride);
+    } else {
+      sgemm(kRowMajor, kNoTrans, kTrans, rows, n_, d_, 1.0f, c, d_, z, d_, 0.0f, proj, stride);
+    }
+    for (int64_t f = 0; f < rows; ++f) {
+      proj[f * stride + n_] = std::accumulate(c + f * d_, c + f * d_ + support_, 0.0f);
+    }
+  }
+
+  // delta (rows, n + 1), rows `stride` apart.
+  void Update(const float* z, float* c, const uint8_t* keep, int64_t rows, const float* delta,
+              int64_t stride) const {
+    if (own_update_) {
+      UpdateRowsAvx2(c, keep, rows, delta, stride, PackedFor(z).zp.data(), n_, d_, support_);
+      return;
+    }
+    sgemm(kRowMajor, kNoTrans, kNoTrans, rows, d_, n_, -1.0f, delta, stride, z, d_, 1.0f, c, d_);
+    for (int64_t f = 0; f < rows; ++f) {
+      mask_row_(c + f * d_, keep + f * d_, delta[f * stride + n_], support_, d_);
+    }
+  }
+
+ private:
+  // A thread's packed copies of the Z it last packed, and the call it packed it in.
+  struct Packed {
+    uint64_t call = 0;
+    const float* z = nullptr;
+    std::vector<float> zt, zp, zeros;
+  };
+
+  const Packed& PackedFor(const float* z) const {
+    thread_local Packed packed;
+    if (packed.call == call_ && packed.z == z) return packed;
+    packed.call = call_;
+    packed.z = z;
+    if (own_) {
+      packed.zt.resize(PackedWidth(n_) * d_);
+      packed.zeros.assign(d_, 0.0f);
+      PackNoise(z, n_, d_, packed.zt.data());
+    }
+    if (own_update_) {
+      packed.zp.resize((d_ + 15) / 16 * 16 * n_);
+      PackNoiseColumns(z, n_, d_, packed.zp.data());
+    }
+    return packed;
+  }
+
+  int64_t n_, d_, support_;
+  bool own_, own_update_;
+  MaskRowKernel mask_row_;
+  uint64_t call_;  // this call's number: a Z at an address packed in an earlier call is stale
+  static inline std::atomic<uint64_t> calls_{0};
+};
+
+// The shapes of a segment call: S groups of Z (n, d), and W and M of S F rows of d floats.
+struct SegmentShape {
+  int64_t groups, n, d, filters;
+};
+
+ffi::ErrorOr<SegmentShape> ShapeOf(const char* call, ffi::Buffer<ffi::F32> w,
+                                   ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask) {
+  if (auto error = CheckBlas(); error.failure()) return ffi::Unexpected<ffi::Error>(error);
+  const auto z_dims = noise.dimensions();
+  if (z_dims.size() != 3 || z_dims[2] == 0 || w.element_count() % z_dims[2] != 0 ||
+      mask.element_count() != w.element_count()) {
+    return ffi::Unexpected<ffi::Error>(ffi::Error(
+        ffi::ErrorCode::kInvalidArgument,
+        std::string("jaxprune: ") + call + " got inconsistent shapes"));
+  }
+  return SegmentShape{z_dims[0], z_dims[1], z_dims[2], w.element_count() / z_dims[2]};
+}
+
+// The kernel formulation's segment: each thread takes a block of the fewest runs that hold
+// whole sets of interleaved filters through all the steps, while their Gram matrices stay in
+// the core's caches from step to step: at the quick sweep's sizes 2 runs (160 KB) ran 1.02x
+// as fast as blocks of 1 MiB and 1.06x as fast as 4 MiB; at the paper's 4 runs (8 MB, both
+// threads' in the L3 cache) 1.9x as fast as 8 runs (benchmarks/RESULTS.md). A block starts
+// with its runs' P0' = [W Z^T, <W, 1_S>] and C = 0, and ends with W <- where(M, W - C Z', 0):
+// no buffer of the segment is as large as the chunk's P0' (with them as XLA's temporaries,
+// fresh memory every call, the segment took 300-1,200 page faults a step at R >= 1024).
+ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
+                       ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
                        ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
                        ffi::Buffer<ffi::F32> constants, ffi::Buffer<ffi::F32> labels,
                        ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> clean,
-                       ffi::Buffer<ffi::F32> filter_weight, ffi::Buffer<ffi::S32> num_steps,
-                       ffi::ResultBuffer<ffi::F32> coef_out, ffi::ResultBuffer<ffi::F32> b_out,
-                       ffi::ResultBuffer<ffi::PRED> diverged_out, float power, int64_t support,
-                       int64_t bias) {
-  const auto dims = coef_in.dimensions();
-  if (auto error = CheckReady(dims); error.failure()) return error;
-  const int64_t groups = dims[0], filters = dims[0] * dims[1], stride = dims[2];
-  const int64_t n = stride - 1, packed = stride * (stride + 1) / 2;
+                       ffi::Buffer<ffi::F32> filter_weight, ffi::Buffer<ffi::F32> upper,
+                       ffi::Buffer<ffi::S32> num_steps, ffi::ResultBuffer<ffi::F32> w_out,
+                       ffi::ResultBuffer<ffi::F32> b_out, ffi::ResultBuffer<ffi::PRED> diverged_out,
+                       float power, int64_t support, int64_t bias) {
+  const auto shape = ShapeOf("kernel_steps", w_in, noise, mask);
+  if (shape.has_error()) return shape.error();
+  const auto [groups, n, d, filters] = *shape;
+  const int64_t stride = n + 1, packed = stride * (stride + 1) / 2;
   const auto upper_dims = upper.dimensions();
   const int64_t lanes = upper_dims.size() == 4 ? upper_dims[3] : 0;
   const SymmetricKernel kernel = SymmetricFor(lanes);
@@ -1169,48 +1267,56 @@ ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> upper,
   const auto head = HeadOf("kernel_steps", groups, n, filters, b_in, diverged_in, constants,
                            labels, weights, clean, filter_weight, b_out, diverged_out, bias);
   if (head.has_error()) return head.error();
-  const int64_t runs = head->runs, m = head->m;
-  float* coef = coef_out->typed_data();
+  const int64_t runs = head->runs, rows = 2 * head->m;
+  float* w = w_out->typed_data();
   // XLA honours the aliases; copies keep the call correct if it ever did not.
-  if (coef != coef_in.typed_data()) std::copy_n(coef_in.typed_data(), filters * stride, coef);
+  if (w != w_in.typed_data()) std::copy_n(w_in.typed_data(), filters * d, w);
   const int64_t steps = *num_steps.typed_data();
   const RunHeads heads = RunHeadsFor(power);
   const float root_s = std::sqrt(static_cast<float>(support));
-  // Blocks of the fewest runs that hold whole sets of interleaved filters, whose Gram matrices
-  // stay in the core's caches from step to step: at the quick sweep's sizes 2 runs (160 KB)
-  // ran 1.02x as fast as blocks of 1 MiB and 1.06x as fast as 4 MiB; at the paper's 4 runs
-  // (8 MB, both threads' in the L3 cache) 1.9x as fast as 8 runs (benchmarks/RESULTS.md).
-  const int64_t block = lanes / std::gcd(2 * m, lanes);
+  const SegmentProducts products(n, d, rows, support);
+  const auto* keep = reinterpret_cast<const uint8_t*>(mask.typed_data());
+  const int64_t block = lanes / std::gcd(rows, lanes);
   ParallelFor(pool, (runs + block - 1) / block, [&](int64_t i) {
     const int64_t first = i * block, count = std::min(block, runs - first);
-    const int64_t first_filter = 2 * m * first, sets = 2 * m * count / lanes;
-    std::vector<float> y(2 * m * count * stride), scratch(2 * stride * lanes + 3 * n);
-    std::vector<RunHead> heads_in(count);
+    const int64_t sets = rows * count / lanes, size = rows * count * stride;
+    thread_local std::vector<float> proj0, coef, y, scratch;
+    thread_local std::vector<RunHead> heads_in;
+    proj0.resize(size);
+    coef.assign(size, 0.0f);
+    y.resize(size);
+    scratch.resize(2 * stride * lanes + 3 * n);
+    heads_in.resize(count);
+    const auto noise_of = [&](int64_t run) {
+      return noise.typed_data() + run / (runs / groups) * n * d;
+    };
     for (int64_t k = 0; k < count; ++k) {
-      const int64_t f = 2 * m * (first + k);
-      heads_in[k] = head->Of(first + k, proj0.typed_data() + f * stride,
-                             y.data() + 2 * m * k * stride, coef + f * stride);
+      const int64_t run = first + k, at = rows * k * stride;
+      products.Project(noise_of(run), w + rows * run * d, rows, proj0.data() + at, stride);
+      heads_in[k] = head->Of(run, proj0.data() + at, y.data() + at, coef.data() + at);
     }
     for (int64_t t = 0; t < steps; ++t) {
       for (int64_t set = 0; set < sets; ++set) {
-        const int64_t f = first_filter + set * lanes;
-        kernel(upper.typed_data() + f * packed, coef + f * stride,
-               y.data() + set * lanes * stride, stride, scratch.data(),
-               scratch.data() + stride * lanes);
+        const int64_t at = set * lanes * stride;
+        kernel(upper.typed_data() + (rows * first + set * lanes) * packed, coef.data() + at,
+               y.data() + at, stride, scratch.data(), scratch.data() + stride * lanes);
       }
-      heads(heads_in.data(), count, m, n, power, root_s, scratch.data());
+      heads(heads_in.data(), count, head->m, n, power, root_s, scratch.data());
+    }
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t run = first + k;
+      products.Update(noise_of(run), w + rows * run * d, keep + rows * run * d, rows,
+                      coef.data() + rows * k * stride, stride);
     }
   });
   return ffi::Error::Success();
 }
 
 // The direct formulation's segment of GD: each thread takes one run at a time through all
-// `num_steps` steps while its weights, mask and noise stay near the core: P' = [W Z^T, <W, 1_S>]
-// (the own kernel from Z packed once for the segment, or sgemm), the loss head (RunHeadStep,
-// whose coefficient increments [Dn, ds] are the direct step's factors), then
-// W <- where(M, W - Dn Z - [k < s] ds, 0) (sgemm with beta = 1, then MaskRow; or
-// UpdateRowsAvx2 from Z packed once). W and M come in any shape of S F rows of d floats: the
-// state's own spares XLA two copies of W a call.
+// `num_steps` steps while its weights, mask and noise stay near the core: P' = [W Z^T, <W, 1_S>],
+// the loss head (RunHeadStep, whose coefficient increments [Dn, ds] are the direct step's
+// factors), then W <- where(M, W - Dn Z - [k < s] ds, 0) (SegmentProducts). W and M come in
+// any shape of S F rows of d floats: the state's own spares XLA two copies of W a call.
 ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
                        ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
                        ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,
@@ -1220,15 +1326,10 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
                        ffi::ResultBuffer<ffi::F32> w_out, ffi::ResultBuffer<ffi::F32> b_out,
                        ffi::ResultBuffer<ffi::PRED> diverged_out, float power, int64_t support,
                        int64_t bias) {
-  if (auto error = CheckBlas(); error.failure()) return error;
-  const auto z_dims = noise.dimensions();
-  if (z_dims.size() != 3 || z_dims[2] == 0 || w_in.element_count() % z_dims[2] != 0 ||
-      mask.element_count() != w_in.element_count()) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "jaxprune: direct_steps got inconsistent shapes");
-  }
-  const int64_t groups = z_dims[0], n = z_dims[1], d = z_dims[2], stride = n + 1;
-  const int64_t filters = w_in.element_count() / d;
+  const auto shape = ShapeOf("direct_steps", w_in, noise, mask);
+  if (shape.has_error()) return shape.error();
+  const auto [groups, n, d, filters] = *shape;
+  const int64_t stride = n + 1;
   const auto head = HeadOf("direct_steps", groups, n, filters, b_in, diverged_in, constants,
                            labels, weights, clean, filter_weight, b_out, diverged_out, bias);
   if (head.has_error()) return head.error();
@@ -1238,57 +1339,25 @@ ffi::Error DirectSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
   if (w != w_in.typed_data()) std::copy_n(w_in.typed_data(), filters * d, w);
   const int64_t steps = *num_steps.typed_data();
   const RunHeads heads = RunHeadsFor(power);
-  const MaskRowKernel mask_row = MaskRowFor();
   const float root_s = std::sqrt(static_cast<float>(support));
-  const bool own = OwnKernelRuns() && OwnPays(n) && rows >= kOwnMinBlockRows;
-  const int64_t wide = PackedWidth(n);
-  const bool own_update = OwnKernelRuns() && !HasAvx512();
+  const SegmentProducts products(n, d, rows, support);
   const auto* keep_all = reinterpret_cast<const uint8_t*>(mask.typed_data());
   ParallelFor(pool, runs, [&](int64_t run) {
-    const int64_t g = run / (runs / groups), f0 = rows * run;
-    const float* z = noise.typed_data() + g * n * d;
-    float* c = w + f0 * d;
-    const uint8_t* keep = keep_all + f0 * d;
-    thread_local std::vector<float> zt, zp, zeros, proj, delta, y, scratch;
+    const float* z = noise.typed_data() + run / (runs / groups) * n * d;
+    float* c = w + rows * run * d;
+    const uint8_t* keep = keep_all + rows * run * d;
+    thread_local std::vector<float> proj, delta, y, scratch;
     proj.resize(rows * stride);
     delta.resize(rows * stride);
     y.assign(rows * stride, 0.0f);
     scratch.resize(3 * n);
-    if (own) {
-      zt.resize(wide * d);
-      zeros.assign(d, 0.0f);
-      PackNoise(z, n, d, zt.data());
-    }
-    if (own_update) {
-      zp.resize((d + 15) / 16 * 16 * n);
-      PackNoiseColumns(z, n, d, zp.data());
-    }
-    const auto project = [&] {
-      if (own) {
-        ProjectRows(c, rows, z, zt.data(), zeros.data(), proj.data(), n, d, stride);
-      } else {
-        sgemm(kRowMajor, kNoTrans, kTrans, rows, n, d, 1.0f, c, d, z, d, 0.0f, proj.data(),
-              stride);
-      }
-      for (int64_t f = 0; f < rows; ++f) {
-        proj[f * stride + n] = std::accumulate(c + f * d, c + f * d + support, 0.0f);
-      }
-    };
     const RunHead run_head = head->Of(run, proj.data(), y.data(), delta.data());
-    project();
+    products.Project(z, c, rows, proj.data(), stride);
     for (int64_t t = 0; t < steps; ++t) {
       std::fill(delta.begin(), delta.end(), 0.0f);
       heads(&run_head, 1, m, n, power, root_s, scratch.data());
-      if (own_update) {
-        UpdateRowsAvx2(c, keep, rows, delta.data(), stride, zp.data(), n, d, support);
-      } else {
-        sgemm(kRowMajor, kNoTrans, kNoTrans, rows, d, n, -1.0f, delta.data(), stride, z, d,
-              1.0f, c, d);
-        for (int64_t f = 0; f < rows; ++f) {
-          mask_row(c + f * d, keep + f * d, delta[f * stride + n], support, d);
-        }
-      }
-      if (t + 1 < steps) project();
+      products.Update(z, c, keep, rows, delta.data(), stride);
+      if (t + 1 < steps) products.Project(z, c, rows, proj.data(), stride);
     }
   });
   return ffi::Error::Success();
@@ -1414,9 +1483,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_symmetric_products, SymmetricProducts,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_kernel_steps, KernelSteps,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // K': upper triangles
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // P0'
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // C
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // W
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // Z
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // M
                                   .Arg<ffi::Buffer<ffi::F32>>()   // b
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // diverged
                                   .Arg<ffi::Buffer<ffi::F32>>()   // noise_std, |mu|, lr
@@ -1424,8 +1493,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_kernel_steps, KernelSteps,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // example weights
                                   .Arg<ffi::Buffer<ffi::F32>>()   // clean labels
                                   .Arg<ffi::Buffer<ffi::F32>>()   // filter weights
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // K': upper triangles
                                   .Arg<ffi::Buffer<ffi::S32>>()   // steps: a scalar
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // new C (aliases C)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // new W (aliases W)
                                   .Ret<ffi::Buffer<ffi::F32>>()   // new b (aliases b)
                                   .Ret<ffi::Buffer<ffi::PRED>>()  // new diverged (aliases it)
                                   .Attr<float>("power")

@@ -8,7 +8,8 @@
     W <- where(M, W - Dn Z - [k < s] ds, 0)     (the update: an OpenBLAS sgemm and the mask,
                                                  with AVX2 but not AVX-512 one own kernel)
     Y_f = K_f A_f                               (the kernel formulation's step, K_f symmetric)
-    a segment of kernel steps, loss head included (``kernel_steps``)
+    a segment of kernel steps, loss head included (``kernel_steps``), from the segment's
+    first P to its update
     JAX's threefry hash, as its lowering on the CPU (``_lower_threefry_natively``)
 
 Runs are independent, so ``direct_steps`` and ``kernel_steps`` give each thread a run (or a
@@ -318,18 +319,34 @@ def direct_steps(w, z, mask, b, diverged, head, num_steps, *, power: float, supp
     loss head ``train._gd_factors`` included), each thread taking one run at a time through
     all the steps; on the CPU only. Shapes: Z ``(S, n, d)``; W and M any shape of S F rows
     of d, such as the state's own (a donated W that reaches the call reshaped, XLA copies out
-    and back); ``b``, ``diverged`` and ``head`` as ``kernel_steps`` takes them, or in any
-    shape of as many. Returns the new W, ``b`` and ``diverged``, in place of the old."""
-    return _segment("jaxprune_direct_steps", (w, z, mask, b, diverged, *head), 0, num_steps,
+    and back); ``b`` ``(S, G, 2, m)`` (zeros where ``bias`` is false); ``diverged``
+    ``(S, G)``; ``head`` = (noise_std, signal_norm, learning_rate) ``(S, G, 3)``, observed
+    labels and example weights ``(S, G, n)``, clean labels ``(S, n)``, filter weights
+    ``(S, G, m)``, halved for mean pooling; ``b``, ``diverged`` and ``head`` also in any shape
+    of as many. Returns the new W, ``b`` and ``diverged``, in place of the old."""
+    return _segment("jaxprune_direct_steps", (w, z, mask, b, diverged, *head), num_steps,
                     power, support, bias)
 
 
-def _segment(target: str, operands, updated: int, num_steps, power: float, support: int,
+def kernel_steps(w, z, mask, b, diverged, head, upper, num_steps, *, power: float,
+                 support: int, bias: bool) -> tuple[jax.Array, ...]:
+    """``num_steps`` steps of the kernel formulation's plain GD (``train._kernel_step``, its
+    loss head ``train._gd_factors`` included, then ``train._blocked_update``), each thread
+    taking a block of the fewest runs that hold whole sets of lanes through all the steps,
+    from their projections ``P0'`` to their new W; on the CPU only. Shapes as
+    ``direct_steps`` takes them; ``upper`` the ``interleave``d triangles of the
+    (n + 1) x (n + 1) ``K'_f``. Returns the new W, ``b`` and ``diverged``, in place of the
+    old."""
+    return _segment("jaxprune_kernel_steps", (w, z, mask, b, diverged, *head, upper), num_steps,
+                    power, support, bias)
+
+
+def _segment(target: str, operands, num_steps, power: float, support: int,
              bias: bool) -> tuple[jax.Array, ...]:
-    """A segment call: ``operands[updated]`` (W or the coefficients), the biases and the
-    diverged flags (``operands[3]``, ``operands[4]``) come back updated in place."""
+    """A segment call: W, the biases and the diverged flags (``operands[0]``, ``[3]``,
+    ``[4]``) come back updated in place."""
     _load()
-    aliases = {updated: 0, 3: 1, 4: 2}
+    aliases = {0: 0, 3: 1, 4: 2}
     shapes = tuple(jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in aliases)
     call = jax.ffi.ffi_call(target, shapes, input_output_aliases=aliases)
     return call(*operands, jnp.asarray(num_steps, jnp.int32), power=np.float32(power),
@@ -378,19 +395,3 @@ def symmetric_products(upper, a) -> jax.Array:
     _load()
     return jax.ffi.ffi_call("jaxprune_symmetric_products",
                             jax.ShapeDtypeStruct(a.shape, a.dtype))(upper, a)
-
-
-def kernel_steps(upper, proj0, coef, b, diverged, head, num_steps, *, power: float,
-                 support: int, bias: bool) -> tuple[jax.Array, ...]:
-    """``num_steps`` steps of the kernel formulation's plain GD (``train._kernel_step``, its
-    loss head ``train._gd_factors`` included), each thread taking a block of the fewest runs
-    that hold whole sets of lanes through all the steps; on the CPU only.
-
-    Shapes: ``upper`` ``interleave``d triangles of the (n + 1) x (n + 1) ``K'_f``; ``proj0``,
-    ``coef`` ``(S, F, n + 1)``; ``b`` ``(S, G, 2, m)`` (zeros where ``bias`` is false);
-    ``diverged`` ``(S, G)``; ``head`` = (noise_std, signal_norm, learning_rate) ``(S, G, 3)``,
-    observed labels and example weights ``(S, G, n)``, clean labels ``(S, n)``, filter
-    weights ``(S, G, m)``, halved for mean pooling. Returns the new ``coef``, ``b`` and
-    ``diverged``, in place of the old."""
-    return _segment("jaxprune_kernel_steps", (upper, proj0, coef, b, diverged, *head), 2,
-                    num_steps, power, support, bias)

@@ -458,16 +458,22 @@ def _native_bias(carry, static: Static, dtype) -> jax.Array:
     return carry.b
 
 
-def _native_direct_loop(carry: _DirectCarry, mask, params, train: Samples, num_steps,
-                        static: Static) -> _DirectCarry:
-    """``num_steps`` direct steps as one native call (``cpu_update.direct_steps``): its
-    threads take one run at a time through all the steps, the loss head included, while the
-    run's weights, mask and noise stay in the caches (with the head in XLA between one call a
-    step for all runs, the step ran 1.07-1.21x slower, ``benchmarks/RESULTS.md``)."""
-    w, b, diverged = cpu_update.direct_steps(
-        carry.w, train.noise, mask, _native_bias(carry, static, carry.w.dtype), carry.diverged,
-        _head_inputs(params, train, static), num_steps, power=static.activation_power,
-        support=static.signal_support, bias=carry.b is not None)
+def _native_segment(carry: _DirectCarry, mask, params, train: Samples, num_steps,
+                    static: Static, gram: Gram | None = None) -> _DirectCarry:
+    """A segment of plain GD as one native call, the loss head included: direct steps
+    (``cpu_update.direct_steps``), each thread one run at a time through all the steps while
+    the run's weights, mask and noise stay in the caches (with the head in XLA between one
+    call a step for all runs, the step ran 1.07-1.21x slower, ``benchmarks/RESULTS.md``); or,
+    given the Gram matrices, kernel steps (``cpu_update.kernel_steps``), each thread a block
+    of runs from its ``P0'`` to its new W, so that no buffer of the segment spans the chunk
+    (with ``P0'`` and ``C`` as XLA's, 125 MB of fresh memory a call at R = 1024)."""
+    args = (carry.w, train.noise, mask, _native_bias(carry, static, carry.w.dtype),
+            carry.diverged, _head_inputs(params, train, static))
+    if gram is not None:
+        args += (gram.matrices,)
+    call = cpu_update.direct_steps if gram is None else cpu_update.kernel_steps
+    w, b, diverged = call(*args, num_steps, power=static.activation_power,
+                          support=static.signal_support, bias=carry.b is not None)
     return _DirectCarry(w, None if carry.b is None else b, diverged)
 
 
@@ -586,29 +592,25 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
     if static.kernel_step:
         if gram is None:
             gram = _gram(mask, z, static, block_bytes, _packed_gram(static, native))
-        # [W Z^T, <W, 1_S>] without a copy of the noise with the indicator (254 MB for 1024
-        # seeds at the quick sweep's sizes, made every segment).
-        proj0 = jnp.concatenate([jnp.einsum("sfd,snd->sfn", w, z),
-                                 _support_sum(w, static)[..., None]], axis=-1)
-        start = _KernelCarry(jnp.zeros((S, G * 2 * m, n + 1), w.dtype), b, diverged)
-        segment = dict(gram=gram, proj0=proj0, params=params, train=groups.train,
-                       num_steps=num_steps, static=static)
-        cpu_loop = (functools.partial(_native_kernel_loop, **segment)
-                    if native and _packed(gram.matrices, n + 1) else
-                    functools.partial(_kernel_loop, **segment, block_bytes=kernel_block_bytes))
-        carry = jax.lax.platform_dependent(
-            start, cpu=cpu_loop,
-            default=functools.partial(_kernel_loop, **segment, block_bytes=UNBLOCKED))
-        # XLA's update: once a segment its speed hardly matters, and the native call on the
-        # donated W made XLA copy W (88 MB of temporaries against 9 MB, quick sweep R = 256).
-        update = functools.partial(_blocked_update, static=static)
-        w = jax.lax.platform_dependent(
-            w, carry.coef[..., :-1], carry.coef[..., -1:], mask, z,
-            cpu=functools.partial(update, block_bytes=block_bytes),
-            default=functools.partial(update, block_bytes=UNBLOCKED))
+
+        def xla_segment(carry, unblocked=False):
+            # [W Z^T, <W, 1_S>] without a copy of the noise with the indicator (254 MB for
+            # 1024 seeds at the quick sweep's sizes, made every segment).
+            proj0 = jnp.concatenate([jnp.einsum("sfd,snd->sfn", carry.w, z),
+                                     _support_sum(carry.w, static)[..., None]], axis=-1)
+            start = _KernelCarry(jnp.zeros(proj0.shape, proj0.dtype), carry.b,
+                                 carry.diverged)
+            done = _kernel_loop(start, gram, proj0, params, groups.train, num_steps, static,
+                                UNBLOCKED if unblocked else kernel_block_bytes)
+            w = _blocked_update(carry.w, done.coef[..., :-1], done.coef[..., -1:], mask, z,
+                                static, UNBLOCKED if unblocked else block_bytes)
+            return _DirectCarry(w, done.b, done.diverged)
+
+        native_segment = (functools.partial(_native_segment, gram=gram)
+                          if native and _packed(gram.matrices, n + 1) else None)
     else:
-        def xla_loop(carry, block_bytes=block_bytes, group_block_bytes=group_block_bytes):
-            if block_bytes == UNBLOCKED:
+        def xla_segment(carry, unblocked=False):
+            if unblocked:
                 z_support = _support_noise(z, static)
                 step = lambda c: _unblocked_step(c, mask, params, groups.train,  # noqa: E731
                                                  z_support, static)
@@ -617,19 +619,20 @@ def _gd_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
                                               static, block_bytes, group_block_bytes)
             return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
 
-        def native_loop(carry):
-            # The call gets the state's own W, not the carry's reshape of it: XLA copies a
-            # donated buffer that reaches an in-place call through a reshape, free as that is
-            # (W out and back every segment, a fresh buffer faulted in each time).
-            own = _DirectCarry(state.net.w, state.net.b, state.diverged)
-            done = _native_direct_loop(own, mask, params, groups.train, num_steps, static)
-            return jax.tree.map(lambda a, like: a.reshape(like.shape), done, carry)
+        native_segment = _native_segment if native else None
 
-        carry = jax.lax.platform_dependent(
-            _DirectCarry(w, b, diverged), cpu=native_loop if native else xla_loop,
-            default=functools.partial(xla_loop, block_bytes=UNBLOCKED,
-                                      group_block_bytes=UNBLOCKED))
-        w = carry.w
+    def native_loop(carry):
+        # The call gets the state's own W, not the carry's reshape of it: XLA copies a donated
+        # buffer that reaches an in-place call through a reshape, free as that is (W out and
+        # back every segment, a fresh buffer faulted in each time).
+        own = _DirectCarry(state.net.w, state.net.b, state.diverged)
+        done = native_segment(own, mask, params, groups.train, num_steps, static)
+        return jax.tree.map(lambda a, like: a.reshape(like.shape), done, carry)
+
+    carry = jax.lax.platform_dependent(
+        _DirectCarry(w, b, diverged), cpu=native_loop if native_segment else xla_segment,
+        default=functools.partial(xla_segment, unblocked=True))
+    w = carry.w
     b = None if carry.b is None else carry.b.reshape(state.net.b.shape)
     return state._replace(net=Network(w.reshape(state.net.w.shape), b),
                           diverged=carry.diverged.reshape(-1))
@@ -703,18 +706,6 @@ def _head_inputs(params: RunParams, train: Samples, static: Static) -> tuple[jax
     constants, labels, weights, filter_weight = jax.vmap(jax.vmap(run, in_axes=(0, None)))(
         params, train)
     return constants, labels, weights, train.clean, filter_weight
-
-
-def _native_kernel_loop(carry: _KernelCarry, gram: Gram, proj0, params, train: Samples,
-                        num_steps, static: Static) -> _KernelCarry:
-    """``_kernel_loop`` as one native call (``cpu_update.kernel_steps``): its threads run
-    blocks of runs independently, and the loss head, some 20 small XLA operations a step,
-    runs in the same pass."""
-    coef, b, diverged = cpu_update.kernel_steps(
-        gram.matrices, proj0, carry.coef, _native_bias(carry, static, proj0.dtype),
-        carry.diverged, _head_inputs(params, train, static), num_steps,
-        power=static.activation_power, support=static.signal_support, bias=carry.b is not None)
-    return _KernelCarry(coef, None if carry.b is None else b, diverged)
 
 
 def _optax_loop(state: TrainState, params: RunParams, groups: GroupData, num_steps,
