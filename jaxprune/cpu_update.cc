@@ -1239,8 +1239,9 @@ ffi::ErrorOr<SegmentShape> ShapeOf(const char* call, ffi::Buffer<ffi::F32> w,
 // The kernel formulation's segment: each thread takes a block of the fewest runs that hold
 // whole sets of interleaved filters through all the steps, while their Gram matrices stay in
 // the core's caches from step to step: at the quick sweep's sizes 2 runs (160 KB) ran 1.02x
-// as fast as blocks of 1 MiB and 1.06x as fast as 4 MiB; at the paper's 4 runs (8 MB, both
-// threads' in the L3 cache) 1.9x as fast as 8 runs (benchmarks/RESULTS.md). A block starts
+// as fast as blocks of 1 MiB and 1.06x as fast as 4 MiB; at the paper's 4 runs of 16 lanes
+// (8 MB, both threads' in the L3 cache; 2 runs of 8 lanes with AVX2) 1.9x as fast as 8 runs
+// (benchmarks/RESULTS.md). A block starts
 // with its runs' P0' = [W Z^T, <W, 1_S>] and C = 0, and ends with W <- where(M, W - C Z', 0):
 // no buffer of the segment is as large as the chunk's P0' (with them as XLA's temporaries,
 // fresh memory every call, the segment took 300-1,200 page faults a step at R >= 1024).
