@@ -467,13 +467,12 @@ def _native_segment(carry: _DirectCarry, mask, params, train: Samples, num_steps
     given the Gram matrices, kernel steps (``cpu_update.kernel_steps``), each thread a block
     of runs from its ``P0'`` to its new W, so that no buffer of the segment spans the chunk
     (with ``P0'`` and ``C`` as XLA's, 125 MB of fresh memory a call at R = 1024)."""
-    args = (carry.w, train.noise, mask, _native_bias(carry, static, carry.w.dtype),
-            carry.diverged, _head_inputs(params, train, static))
-    if gram is not None:
-        args += (gram.matrices,)
-    call = cpu_update.direct_steps if gram is None else cpu_update.kernel_steps
-    w, b, diverged = call(*args, num_steps, power=static.activation_power,
-                          support=static.signal_support, bias=carry.b is not None)
+    call, more = ((cpu_update.direct_steps, ()) if gram is None else
+                  (cpu_update.kernel_steps, (gram.matrices,)))
+    w, b, diverged = call(carry.w, train.noise, mask, _native_bias(carry, static, carry.w.dtype),
+                          carry.diverged, _head_inputs(params, train, static), *more, num_steps,
+                          power=static.activation_power, support=static.signal_support,
+                          bias=carry.b is not None)
     return _DirectCarry(w, None if carry.b is None else b, diverged)
 
 

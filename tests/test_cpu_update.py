@@ -133,7 +133,7 @@ def test_auto_projection_uses_the_own_kernel_where_it_pays(native):
 def test_advance_of_no_steps_is_evaluate_with_native_products(native, formulation):
     """As ``test_train.test_advance_of_no_steps_is_evaluate``, in float32 with the native
     products."""
-    static, params, groups = _float32_chunk(bias=True)
+    static, params, groups = _small_chunk(bias=True)
     static = dataclasses.replace(static, formulation=formulation)
     assert_advance_of_no_steps_is_evaluate(params, groups, static)
 
@@ -159,7 +159,7 @@ def test_native_evaluation_products_give_xla_metrics(native, model):
     if not cpu_update.own_projection():
         pytest.skip("this CPU has neither AVX-512 nor AVX2 with FMA: the evaluation keeps "
                     "XLA's products here")
-    static, params, groups = _float32_chunk(
+    static, params, groups = _small_chunk(
         data={"n_test": 200, "label_flip": 0.1, "signal_norm": 8.0}, model=model,
         prune={"fraction": [0.0, 0.3, 0.6]})
     state = train.init_state(params, groups, static)
@@ -224,7 +224,7 @@ def test_data_drawn_with_the_native_hash_are_jaxs(native, tmp_path):
     CPU lowering are the same bits as with JAX's own lowering (a process with the native calls
     off)."""
     assert "threefry hash natively" in cpu_update.status()
-    static, _, _ = _float32_chunk(data={"noise_orthogonal": True, "n_test": 33},
+    static, _, _ = _small_chunk(data={"noise_orthogonal": True, "n_test": 33},
                                   model={"init": "uniform_fan_in"})
     (tmp_path / "static.pkl").write_bytes(pickle.dumps(static))
     seeds = [7, 2**31 + 5, 123456789]
@@ -294,12 +294,12 @@ def test_native_symmetric_products_name_a_wrong_layout(native):
         jax.block_until_ready(cpu_update.symmetric_products(upper.reshape(1, 2, 10, 3), a))
 
 
-def _float32_chunk(bias=False, **sections):
-    """A float32 chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation; other
-    fields of the sweep's sections as given."""
+def _small_chunk(bias=False, dtype="float32", **sections):
+    """A chunk of 9 runs (3 seeds x 3 fractions) in the direct formulation, float32 unless
+    ``dtype`` says otherwise; other fields of the sweep's sections as given."""
     fields = {"data": {"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
               "model": {"width": 5, "bias": bias}, "prune": {"fraction": [0.0, 0.5, 0.9]},
-              "sweep": {"seeds": 3}}
+              "train": {"dtype": dtype}, "sweep": {"seeds": 3}}
     for name, more in sections.items():
         fields[name] = {**fields.get(name, {}), **more}
     raw = tiny_dict(**fields)
@@ -318,7 +318,7 @@ def test_native_gram_triangles_are_within_float32_summation_error(native):
     ``Z' diag(M_f) Z'^T``, ``Z' = [Z; 1_S]``, by the own projection kernel in column blocks
     of pairs, interleaved 2 filters a set here) against float64: each entry is a float32 sum
     of d products, so within d eps of the sum of their magnitudes."""
-    static, params, groups = _float32_chunk()
+    static, params, groups = _small_chunk()
     static = dataclasses.replace(static, formulation="kernel")
     state = train.init_state(params, groups, static)
     got = np.asarray(cpu_update.deinterleave(train.build_gram(state.mask, groups,
@@ -347,7 +347,7 @@ def test_gd_with_native_update_equals_xla_update(native, bias, formulation, size
     own kernel's (where the CPU has AVX-512, or AVX2 and FMA), with 10 sgemm's. d = 40: the
     AVX2 update's two panels of 16 columns and its last 8; a signal support of 21 crosses
     both."""
-    static, params, groups = _float32_chunk(bias, **sizes)
+    static, params, groups = _small_chunk(bias, **sizes)
     static = dataclasses.replace(static, formulation=formulation)
     assert static.float_dtype == np.float32 and static.groups == 3
     state0 = train.init_state(params, groups, static)
@@ -383,7 +383,7 @@ def test_native_segments_equal_xla_for_every_loss_head(native, model, data, form
     errors of its square root (2.4e-4) for q = 1.5, so there the two float32 paths part by
     more (on an AVX2 CPU, sgemm's projections: 1.9e-5 of the largest weight after 40 steps,
     1.8e-5 from the float64 result, against XLA's 2.3e-6)."""
-    static, params, groups = _float32_chunk(model=model, data=data)
+    static, params, groups = _small_chunk(model=model, data=data)
     static = dataclasses.replace(static, formulation=formulation)
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
@@ -407,7 +407,7 @@ def test_native_segments_pack_new_noise_at_an_old_address(native, formulation):
     after the first one finds what a thread packed for the last one with high probability);
     with 32 filters and n = 20 the projections are the own kernel's, from the packed
     noise."""
-    static, params, groups = _float32_chunk(data={"n": 20}, model={"width": 16},
+    static, params, groups = _small_chunk(data={"n": 20}, model={"width": 16},
                                             prune={"fraction": [i / 10 for i in range(8)]},
                                             sweep={"seeds": 1})
     static = dataclasses.replace(static, formulation=formulation)
@@ -430,7 +430,7 @@ def test_native_segments_freeze_the_runs_xla_freezes(formulation):
     """Learning rates up to 10^7: the runs whose loss overflows are marked diverged, as XLA
     marks them, and frozen with finite weights; the others train on (those of learning rate
     0.05 to XLA's weights: past it, float32 rounding grows step by step)."""
-    static, params, groups = _float32_chunk(train={"learning_rate": [0.05, 1e3, 1e7]})
+    static, params, groups = _small_chunk(train={"learning_rate": [0.05, 1e3, 1e7]})
     static = dataclasses.replace(static, formulation=formulation)
     state0 = train.init_state(params, groups, static)
     loop = jax.jit(train._gd_loop, static_argnames=("static", "native"))
@@ -450,7 +450,7 @@ def test_native_segments_freeze_the_runs_xla_freezes(formulation):
 def test_segment_calls_name_inconsistent_head_inputs(native, call):
     """Head inputs of the wrong size (labels of one example too few) are an error naming the
     call, not a read past a buffer."""
-    static, params, groups = _float32_chunk()
+    static, params, groups = _small_chunk()
     state = train.init_state(params, groups, static)
     S, G, m = static.groups, static.group_size, static.width
     by_group = jax.tree.map(lambda a: a.reshape((S, G) + a.shape[1:]), params)
@@ -483,18 +483,10 @@ def test_kernel_steps_in_blocks_of_runs_equal_all_runs_at_once(native, seeds, fr
     close as XLA's float32 steps are (on the most sensitive run here, rounding grows over 30
     steps to 1.9e-5 of the largest weight for XLA's float32, 3.2e-6 for the native)."""
     def chunk_of(dtype):
-        raw = tiny_dict(data={"d": 300, "n": 12, "n_test": 16, "signal_support": 2},
-                        model={"width": width, "bias": True},
-                        prune={"fraction": [i / 10 for i in range(fractions)]},
-                        train={"formulation": "kernel", "dtype": dtype}, sweep={"seeds": seeds})
-        table = sweep_from_dict(raw).run_table()
-        (chunk,) = plan_chunks(table, memory_budget=2**34, max_buckets=1)
-        static = chunk.static
-        ids = chunk.runs.reshape(-1)
-        params = jax.tree.map(jnp.asarray, run_params_from_table(
-            {k: v[ids] for k, v in table.columns.items()}, static.float_dtype))
-        groups = train.make_groups(jnp.asarray(table.columns["seed"][chunk.runs[:, 0]]),
-                                   static)
+        static, params, groups = _small_chunk(
+            True, dtype, model={"width": width}, sweep={"seeds": seeds},
+            prune={"fraction": [i / 10 for i in range(fractions)]})
+        static = dataclasses.replace(static, formulation="kernel")
         return static, params, groups, train.init_state(params, groups, static)
 
     static, params, groups, state0 = chunk_of("float32")
@@ -642,7 +634,7 @@ def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
     numpy's own products on one thread for the rest of the process; so did each call, where
     XLA ran the steps' and the projections' programs at once)."""
     _, set_threads, _ = cpu_update._openblas()
-    static, params, groups = _float32_chunk()
+    static, params, groups = _small_chunk()
     state = train.init_state(params, groups, static)
     steps = jax.jit(train._gd_loop, static_argnames=("static", "native"))
     w, z = product_inputs(2, 64, 8, 256)
