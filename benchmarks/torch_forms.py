@@ -1,0 +1,152 @@
+"""Which form of the batched step is PyTorch's fastest on this machine?
+
+    .venv/bin/python benchmarks/torch_forms.py SIZE LAYOUT RUNS [STEPS [REPEATS]]
+    .venv/bin/python benchmarks/torch_forms.py paper-d1000 shared 256
+
+For one bench case, from the same initial state, times in rotation (medians of REPEATS calls
+of STEPS steps, default 10 and 5, each from a settled process, 2 threads):
+
+- ``bmm``: ``benchmarks/torch_step.py``, what ``jaxprune bench`` compares with: the gradient
+  in closed form, each seed group's products one ``bmm`` / ``baddbmm``;
+- ``vmap``: ``torch.func.vmap`` over groups and runs of ``torch.func.grad`` of one run's
+  loss (autodiff), then ``W <- M * (W - lr grad)``;
+- ``compiled``: the ``bmm`` step as a pure function under ``torch.compile`` (inductor);
+- ``advance``: jaxprune's step as a sweep runs it, for scale: calls of one segment,
+  ``eval_every`` steps (a short call of the kernel formulation is mostly its set-up).
+
+Before timing, checks that each PyTorch form gives ``bmm``'s weights after STEPS steps
+(float32 rounding) and prints the largest difference. Needs ``pip install -e '.[bench]'``.
+"""
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jaxprune import bench  # noqa: E402
+
+USAGE = f"""usage: benchmarks/torch_forms.py SIZE LAYOUT RUNS [STEPS [REPEATS]]
+  SIZE: {", ".join(bench.SIZE_SETS)}; LAYOUT: shared or seeds; RUNS, STEPS (default 10) and
+  REPEATS (default 5): positive integers
+example: .venv/bin/python benchmarks/torch_forms.py paper-d1000 shared 256"""
+
+
+def activation(q: int):
+    """``sigma(h) = max(h, 0)^q`` and its derivative, as ``TorchStep`` computes them (written
+    here: dynamo cannot import the module ``bench`` loaded ``TorchStep`` from)."""
+    import torch
+
+    def act(h):
+        return torch.relu(h) ** q
+
+    def dact(h):
+        return (h > 0).to(h.dtype) if q == 1 else q * torch.relu(h) ** (q - 1)
+    return act, dact
+
+
+def vmap_step(base):
+    """``W <- M * (W - lr dL/dW)`` for every run, ``dL/dW`` by ``torch.func.grad`` of one
+    run's loss under two ``vmap``s (groups, then the runs sharing a group's data)."""
+    import torch
+    from torch.func import grad, vmap
+
+    S, G, m, n, d, s = base.S, base.G, base.m, base.n, base.d, base.s
+    act, _ = activation(base.q)
+
+    def loss(w, z, y, clean, weight, coef, noise_std, signal):  # one run: w (2, m, d)
+        hn = noise_std * (w @ z.T)  # (2, m, n)
+        hs = (signal * base.inv_sqrt_s) * w[..., :s].sum(-1, keepdim=True) * clean
+        f = ((act(hn) + act(hs)) * coef).sum((0, 1))
+        return (weight * torch.nn.functional.softplus(-y * f)).sum()
+
+    runs = vmap(grad(loss), in_dims=(0, None, 0, None, 0, 0, 0, 0))
+    groups = vmap(runs)
+    w = base.w.view(S, G, 2, m, d)
+    mask = ~base.pruned.view(S, G, 2, m, d)
+    args = (base.z, base.y, base.clean.view(S, n), base.weight, base.coef,
+            base.noise_std.view(S, G), base.signal.view(S, G))
+    lr = base.lr
+
+    def step():
+        with torch.no_grad():
+            g = groups(w, *args)
+            w.sub_(lr * g).mul_(mask)
+    return step
+
+
+def compiled_step(base):
+    """``benchmarks/torch_step.py``'s step as a pure function of W, compiled by
+    ``torch.compile`` (no divergence check: every run of the benchmark stays finite)."""
+    import torch
+
+    S, G, m, n, d, s = base.S, base.G, base.m, base.n, base.d, base.s
+    scale = base.signal * base.inv_sqrt_s
+    act, dact = activation(base.q)
+
+    def step(w, z, pruned, y, clean, weight, coef, noise_std, lr):
+        hn = torch.bmm(w, z.transpose(1, 2)).view(S, G, 2, m, n) * noise_std
+        w5 = w.view(S, G, 2, m, d)
+        hs = scale * w5[..., :s].sum(-1, keepdim=True) * clean.view(S, 1, 1, 1, n)
+        margin = y * ((act(hn) + act(hs)) * coef).sum(dim=(2, 3))
+        dpool = coef * (-weight * y * torch.sigmoid(-margin)).view(S, G, 1, 1, n)
+        dn = dpool * dact(hn) * (lr * noise_std)
+        ds = (dpool * dact(hs) * clean.view(S, 1, 1, 1, n)).sum(-1, keepdim=True)
+        w = torch.baddbmm(w, dn.view(S, G * 2 * m, n), z, alpha=-1.0).view(S, G, 2, m, d)
+        w = torch.cat([w[..., :s] - ds * (lr * scale), w[..., s:]], dim=-1)
+        return w.view(S, G * 2 * m, d).masked_fill(pruned, 0.0)
+
+    fn = torch.compile(step)
+    args = (base.z, base.pruned, base.y, base.clean, base.weight, base.coef, base.noise_std,
+            base.lr)
+
+    def run():
+        with torch.no_grad():
+            base.w = fn(base.w, *args)
+    return run
+
+
+def main(size, layout, runs, steps=10, repeats=5):
+    runs, steps, repeats = int(runs), int(steps), int(repeats)
+    torch_step, why = bench.load_torch_step()
+    if torch_step is None:
+        sys.exit(why)
+    d, n, m = bench.SIZE_SETS[size]
+    static = bench.case_static(bench.Case(size, d, n, m, runs, layout))
+    params, seeds = bench.case_inputs(static)
+    advance = bench.AdvanceRunner(static, params, seeds)
+    state0, groups = advance.initial()
+    forms = {name: bench.TorchRunner(torch_step, static, params, state0, groups).impl
+             for name in ("bmm", "vmap", "compiled")}
+    calls = {"bmm": forms["bmm"].step, "vmap": vmap_step(forms["vmap"]),
+             "compiled": compiled_step(forms["compiled"])}
+    for name, call in calls.items():  # the same weights as bmm after STEPS steps
+        for _ in range(steps):
+            call()
+    scale = abs(forms["bmm"].weights()).max()
+    for name in ("vmap", "compiled"):
+        diff = abs(forms[name].weights() - forms["bmm"].weights()).max() / scale
+        print(f"{name}: weights after {steps} steps within {diff:.1e} of bmm's (of the largest)")
+
+    def repeat(call):
+        return lambda: [call() for _ in range(steps)]
+    segments = {name: repeat(call) for name, call in calls.items()}
+    segments["advance"] = lambda: advance.run_steps(static.eval_every)
+    times = bench._interleaved(segments, repeats)
+    print(f"{size} {layout} R={runs}, calls of {steps} steps ({static.eval_every} for advance), "
+          f"medians of {repeats}:")
+    for name, t in times.items():
+        rate = runs * (static.eval_every if name == "advance" else steps) / statistics.median(t)
+        print(f"  {name:9s} {rate:12,.0f} run-steps/s  (calls {min(t):.3f}-{max(t):.3f} s)")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        sys.exit(0)
+    if not (3 <= len(args) <= 5 and args[0] in bench.SIZE_SETS and args[1] in bench.LAYOUTS
+            and all(a.isdigit() and int(a) > 0 for a in args[2:])):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    main(*args)
