@@ -10,7 +10,8 @@ of STEPS steps, default 10 and 5, each from a settled process, 2 threads):
   in closed form, each seed group's products one ``bmm`` / ``baddbmm``;
 - ``vmap``: ``torch.func.vmap`` over groups and runs of ``torch.func.grad`` of one run's
   loss (autodiff), then ``W <- M * (W - lr grad)``;
-- ``compiled``: the ``bmm`` step as a pure function under ``torch.compile`` (inductor);
+- ``compiled``: the ``bmm`` step as a pure function under ``torch.compile`` (inductor),
+  ``TorchStep.compiled``;
 - ``advance``: jaxprune's step as a sweep runs it, for scale: calls of one segment,
   ``eval_every`` steps (a short call of the kernel formulation is mostly its set-up).
 
@@ -32,32 +33,19 @@ USAGE = f"""usage: benchmarks/torch_forms.py SIZE LAYOUT RUNS [STEPS [REPEATS]]
 example: .venv/bin/python benchmarks/torch_forms.py paper-d1000 shared 256"""
 
 
-def activation(q: int):
-    """``sigma(h) = max(h, 0)^q`` and its derivative, as ``TorchStep`` computes them (written
-    here: dynamo cannot import the module ``bench`` loaded ``TorchStep`` from)."""
-    import torch
-
-    def act(h):
-        return torch.relu(h) ** q
-
-    def dact(h):
-        return (h > 0).to(h.dtype) if q == 1 else q * torch.relu(h) ** (q - 1)
-    return act, dact
-
-
 def vmap_step(base):
     """``W <- M * (W - lr dL/dW)`` for every run, ``dL/dW`` by ``torch.func.grad`` of one
-    run's loss under two ``vmap``s (groups, then the runs sharing a group's data)."""
+    run's loss under two ``vmap``s (groups, then the runs sharing a group's data). No
+    divergence check: every run of the benchmark stays finite."""
     import torch
     from torch.func import grad, vmap
 
     S, G, m, n, d, s = base.S, base.G, base.m, base.n, base.d, base.s
-    act, _ = activation(base.q)
 
     def loss(w, z, y, clean, weight, coef, noise_std, signal):  # one run: w (2, m, d)
         hn = noise_std * (w @ z.T)  # (2, m, n)
         hs = (signal * base.inv_sqrt_s) * w[..., :s].sum(-1, keepdim=True) * clean
-        f = ((act(hn) + act(hs)) * coef).sum((0, 1))
+        f = ((base._act(hn) + base._act(hs)) * coef).sum((0, 1))
         return (weight * torch.nn.functional.softplus(-y * f)).sum()
 
     runs = vmap(grad(loss), in_dims=(0, None, 0, None, 0, 0, 0, 0))
@@ -75,37 +63,6 @@ def vmap_step(base):
     return step
 
 
-def compiled_step(base):
-    """``benchmarks/torch_step.py``'s step as a pure function of W, compiled by
-    ``torch.compile`` (no divergence check: every run of the benchmark stays finite)."""
-    import torch
-
-    S, G, m, n, d, s = base.S, base.G, base.m, base.n, base.d, base.s
-    scale = base.signal * base.inv_sqrt_s
-    act, dact = activation(base.q)
-
-    def step(w, z, pruned, y, clean, weight, coef, noise_std, lr):
-        hn = torch.bmm(w, z.transpose(1, 2)).view(S, G, 2, m, n) * noise_std
-        w5 = w.view(S, G, 2, m, d)
-        hs = scale * w5[..., :s].sum(-1, keepdim=True) * clean.view(S, 1, 1, 1, n)
-        margin = y * ((act(hn) + act(hs)) * coef).sum(dim=(2, 3))
-        dpool = coef * (-weight * y * torch.sigmoid(-margin)).view(S, G, 1, 1, n)
-        dn = dpool * dact(hn) * (lr * noise_std)
-        ds = (dpool * dact(hs) * clean.view(S, 1, 1, 1, n)).sum(-1, keepdim=True)
-        w = torch.baddbmm(w, dn.view(S, G * 2 * m, n), z, alpha=-1.0).view(S, G, 2, m, d)
-        w = torch.cat([w[..., :s] - ds * (lr * scale), w[..., s:]], dim=-1)
-        return w.view(S, G * 2 * m, d).masked_fill(pruned, 0.0)
-
-    fn = torch.compile(step)
-    args = (base.z, base.pruned, base.y, base.clean, base.weight, base.coef, base.noise_std,
-            base.lr)
-
-    def run():
-        with torch.no_grad():
-            base.w = fn(base.w, *args)
-    return run
-
-
 def main(size, layout, runs, steps=10, repeats=5):
     runs, steps, repeats = int(runs), int(steps), int(repeats)
     torch_step, why = bench.load_torch_step()
@@ -119,7 +76,7 @@ def main(size, layout, runs, steps=10, repeats=5):
     forms = {name: bench.TorchRunner(torch_step, static, params, state0, groups).impl
              for name in ("bmm", "vmap", "compiled")}
     calls = {"bmm": forms["bmm"].step, "vmap": vmap_step(forms["vmap"]),
-             "compiled": compiled_step(forms["compiled"])}
+             "compiled": forms["compiled"].compiled()}
     for name, call in calls.items():  # the same weights as bmm after STEPS steps
         for _ in range(steps):
             call()

@@ -146,6 +146,43 @@ class TorchStep:
             self.w.view(S, G, 2, m, d)[..., : self.s] -= ds
             self.w.masked_fill_(self.pruned, 0.0)
 
+    def compiled(self):
+        """``step`` as one pure function of the weights under ``torch.compile`` (inductor),
+        divergence handled the same way; returns the call of one step. Slower than ``step``
+        from R = 256 on the CPU, faster at R = 16 (``benchmarks/torch_forms.py``)."""
+        S, G, m, n, d, s, q = self.S, self.G, self.m, self.n, self.d, self.s, self.q
+        inv_sqrt_s, clean = self.inv_sqrt_s, self.clean.view(S, 1, 1, 1, n)
+
+        def act(h):  # ``_act`` and ``_dact``, as closures: dynamo cannot import this module
+            return torch.relu(h) ** q
+
+        def dact(h):
+            return (h > 0).to(h.dtype) if q == 1 else q * torch.relu(h) ** (q - 1)
+
+        def step(w, diverged, z, pruned, y, weight, coef, noise_std, signal, lr):
+            hn = torch.bmm(w, z.transpose(1, 2)).view(S, G, 2, m, n) * noise_std
+            w5 = w.view(S, G, 2, m, d)
+            hs = (signal * inv_sqrt_s) * w5[..., :s].sum(-1, keepdim=True) * clean
+            margin = y * ((act(hn) + act(hs)) * coef).sum(dim=(2, 3))
+            loss = (weight * torch.nn.functional.softplus(-margin)).sum(-1)
+            dpool = coef * (-weight * y * torch.sigmoid(-margin)).view(S, G, 1, 1, n)
+            moving = torch.isfinite(loss) & ~diverged
+            rate = lr * moving.view(S, G, 1, 1, 1).to(w.dtype)
+            dn = dpool * dact(hn) * (rate * noise_std)
+            ds = (dpool * dact(hs) * clean).sum(-1, keepdim=True) * (rate * signal * inv_sqrt_s)
+            w = torch.baddbmm(w, dn.view(S, G * 2 * m, n), z, alpha=-1.0).view(S, G, 2, m, d)
+            w = torch.cat([w[..., :s] - ds, w[..., s:]], dim=-1).view(S, G * 2 * m, d)
+            return w.masked_fill(pruned, 0.0), diverged | ~torch.isfinite(loss)
+
+        fn = torch.compile(step)
+        data = (self.z, self.pruned, self.y, self.weight, self.coef, self.noise_std, self.signal,
+                self.lr)
+
+        def one_step():
+            with torch.no_grad():
+                self.w, self.diverged = fn(self.w, self.diverged, *data)
+        return one_step
+
     def run(self, steps: int) -> None:
         for _ in range(steps):
             self.step()

@@ -72,6 +72,14 @@ SIZE_SETS = {
     "quickstart": (2000, 30, 20),
 }
 LAYOUTS = ("shared", "seeds")
+#: PyTorch's forms of the batched step (``benchmarks/torch_step.py``): name -> compiled. Its
+#: plain form is the fastest from R = 256 on the CPU, ``torch.compile``'s at R = 16
+#: (``benchmarks/torch_forms.py``); the tables compare with the faster of those timed.
+TORCH_FORMS = {"torch": False, "torch-compiled": True}
+#: What ``jaxprune bench`` times by default; ``--quick`` leaves out ``torch.compile``, whose
+#: compilation per case takes longer than the case.
+IMPLS = ("advance", "loop", "torch", "torch-compiled")
+QUICK_IMPLS = ("advance", "loop", "torch")
 FULL_RUNS = (16, 64, 256, 1024, 4096)
 QUICK_RUNS = (16, 256)
 
@@ -409,12 +417,11 @@ def load_torch_step():
 
 class TorchRunner:
     """``benchmarks/torch_step.TorchStep`` started from the same initial state, on the GPU
-    where JAX runs on one (and PyTorch sees it), else on the CPU."""
-
-    name = "torch"
+    where JAX runs on one (and PyTorch sees it), else on the CPU; with ``compiled``, its step
+    under ``torch.compile`` (``TorchStep.compiled``)."""
 
     def __init__(self, torch_step, static, params, state, groups, threads: int | None = 2,
-                 tf32: bool = False):
+                 tf32: bool = False, compiled: bool = False):
         jax = _jax()
         host = jax.device_get
         device = "cuda" if jax.default_backend() == "gpu" else "cpu"
@@ -422,9 +429,15 @@ class TorchRunner:
                                host(groups.train.noise), host(groups.train.clean),
                                host(groups.train.flip_draw), static, threads=threads,
                                device=device, tf32=tf32)
+        self.step = self.impl.compiled() if compiled else self.impl.step
 
     def run(self, steps: int) -> None:
-        self.impl.run(steps)
+        for _ in range(steps):
+            self.step()
+        if self.impl.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
 
     def weights(self) -> np.ndarray:
         return self.impl.weights()
@@ -526,7 +539,7 @@ def square_product(size: int, precision: str = "float32"):
     return (lambda: product(a, b)), 2.0 * size**3
 
 
-def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 5,
+def measure_case(case: Case, impls=QUICK_IMPLS, repeats: int = 5,
                  target_s: float = 0.3, max_steps: int = 200, torch_threads: int = 2,
                  peak_size: int | None = None, log=None) -> dict:
     """Times the implementations on one case, interleaved; medians of ``repeats``.
@@ -556,19 +569,26 @@ def measure_case(case: Case, impls=("advance", "loop", "torch"), repeats: int = 
     skipped = {}
     if "loop" in impls:
         runners["loop"] = LoopRunner(static, params, state0, groups)
-    if "torch" in impls:
+    for name in TORCH_FORMS.keys() & set(impls):
         torch_step, why = load_torch_step()
         if torch_step is None:
-            skipped["torch"] = why
+            skipped[name] = why
         else:
-            runners["torch"] = TorchRunner(torch_step, static, params, state0, groups,
-                                           torch_threads, tf32=case.precision != "float32")
+            runners[name] = TorchRunner(torch_step, static, params, state0, groups,
+                                        torch_threads, tf32=case.precision != "float32",
+                                        compiled=TORCH_FORMS[name])
     del state0  # advance donates its state: the copies above own their buffers.
 
     # Warm-up (compiles the loop step, touches every buffer), then one step each to size K.
     step_fns = {k: (r.run_steps if k == "advance" else r.run) for k, r in runners.items()}
-    for f in step_fns.values():
-        f(1)
+    for k, f in list(step_fns.items()):
+        try:
+            f(1)
+        except Exception as error:  # torch.compile needs a C++ compiler (CPU) or Triton (GPU)
+            if k != "torch-compiled":
+                raise
+            skipped[k] = f"torch.compile failed: {type(error).__name__}: {error}"[:300]
+            del step_fns[k], runners[k]
     adv.run(0)
     # A segment of the kernel formulation starts with a product over W and rebuilds W at its
     # end: it is timed in whole segments of eval_every steps, as the engine runs it.
@@ -926,8 +946,8 @@ def _case_bytes(case: Case) -> int:
     return state + data
 
 
-def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advance", "loop",
-        "torch"), repeats: int | None = None, target_s: float | None = None,
+def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=None,
+        repeats: int | None = None, target_s: float | None = None,
         memory: bool = True, compiles: bool = True, torch_threads: int = 2,
         memory_cap_gb: float = 3.0, peak_sizes=None, memory_runs=None,
         precision: str = "float32", formulation: str = "auto", bandwidth_bytes: int = 1 << 30,
@@ -938,6 +958,7 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
     GD's (``Case.formulation``). ``peak_sizes`` default to 1024-4096 on the CPU and
     2048-8192 on an accelerator (smaller products leave it idle); ``bandwidth_bytes``: the
     array ``read_bandwidth`` reads."""
+    impls = impls or (QUICK_IMPLS if quick else IMPLS)
     if repeats is None:
         repeats = 3 if quick else 5
     if target_s is None:
@@ -994,6 +1015,22 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=("advanc
 
 # ---------------------------------------------------------------------------------------------
 # Report.
+
+
+def _fastest_torch(impls: dict) -> dict | None:
+    """The fastest of the PyTorch forms timed (``TORCH_FORMS``), or None."""
+    timed = [impls[k] for k in TORCH_FORMS if k in impls]
+    return max(timed, key=lambda v: v["run_steps_per_s"], default=None)
+
+
+def _torch_cell(impls: dict) -> str:
+    """The fastest PyTorch form's run-steps/s, and which form it was where several ran."""
+    forms = [k for k in TORCH_FORMS if k in impls]
+    if not forms:
+        return "n/a"
+    best = max(forms, key=lambda k: impls[k]["run_steps_per_s"])
+    rate = _fmt(impls[best]["run_steps_per_s"])
+    return rate if len(forms) == 1 else f"{rate} ({'compiled' if TORCH_FORMS[best] else 'bmm'})"
 
 
 def _system_cell(impl: dict) -> str:
@@ -1091,14 +1128,14 @@ def format_markdown(result: dict) -> str:
         "",
         "| sizes (d, n, m) | layout | R | S x G | step | advance run-steps/s | GFLOP/s | % of peak "
         "| peak beside | % of it "
-        "| loop run-steps/s | torch run-steps/s | advance / torch | advance / loop "
+        "| loop run-steps/s | torch run-steps/s (form) | advance / torch | advance / loop "
         "| compile s | eval s | Gram s | others' CPU | advance sys % / faults a step |",
         "|---|---|---:|---|---|" + "---:|" * 14,
     ]
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
         adv = im["advance"]
-        loop, tor = im.get("loop"), im.get("torch")
+        loop, tor = im.get("loop"), _fastest_torch(im)
         cell = lambda v: _fmt(v["run_steps_per_s"]) if v else "n/a"  # noqa: E731
         ratio = lambda v: f"{adv['run_steps_per_s'] / v['run_steps_per_s']:.2f}" if v else "n/a"  # noqa: E731
         lines.append(
@@ -1106,13 +1143,16 @@ def format_markdown(result: dict) -> str:
             f"| {r['S']} x {r['G']} | {r.get('formulation', 'direct')} "
             f"| {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
             f"| {100 * adv['gflops'] / peak:.0f} % | {_beside(r, adv)} "
-            f"| {cell(loop)} | {cell(tor)} | {ratio(tor)} "
+            f"| {cell(loop)} | {_torch_cell(im)} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
             f"| {_number_or_na(r.get('other_cores'))} | {_system_cell(adv)} |")
-    skipped = {v for r in result["cases"] for v in r["skipped"].values()}
-    for why in sorted(skipped):
-        lines.append(f"\ntorch: {why}")
+    skipped = {}  # reason -> what it left out
+    for r in result["cases"]:
+        for name, why in r["skipped"].items():
+            skipped.setdefault(why, set()).add(name)
+    for why, names in sorted(skipped.items()):
+        lines.append(f"\n{', '.join(sorted(names))}: {why}")
     lines += _gram_traffic_lines(result)
     if result.get("memory"):
         memory = "RSS" if on_cpu else "device memory in use"
@@ -1195,9 +1235,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS,
                         help="shared: R runs of one seed (S=1, G=R); seeds: R seeds, one run "
                              "each (S=R, G=1); default both")
-    parser.add_argument("--impls", nargs="+", default=["advance", "loop", "torch"],
-                        choices=["advance", "loop", "torch"],
-                        help="implementations to time (advance is always timed)")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS,
+                        help="implementations to time (advance is always timed; default all, "
+                             "quick all but torch-compiled): loop, one jitted step per run; "
+                             "torch, benchmarks/torch_step.py's batched step; torch-compiled, "
+                             "that step under torch.compile")
     parser.add_argument("--repeats", type=_positive_int, help="timed repeats per case (median)")
     parser.add_argument("--target-seconds", type=_positive_float,
                         help="length of one timed segment per implementation")
@@ -1236,7 +1278,7 @@ def main(args: argparse.Namespace) -> int:
     _jax().config.update("jax_enable_compilation_cache", False)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    impls = tuple(dict.fromkeys(["advance", *args.impls]))
+    impls = args.impls and tuple(dict.fromkeys(["advance", *args.impls]))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = run(quick=args.quick, sizes=args.sizes, runs=args.runs, layouts=args.layouts,
                  impls=impls, repeats=args.repeats, target_s=args.target_seconds,

@@ -3,6 +3,7 @@ times computes the same step as ``train.advance`` (speed itself is never asserte
 
 import copy
 import importlib.machinery
+import importlib.util
 import json
 import mmap
 import os
@@ -113,6 +114,49 @@ def test_torch_step_matches_advance(layout, options):
                                rtol=1e-9)
     # Pruned weights stay exactly zero.
     assert np.all(impl.weights()[~np.asarray(state0.mask)] == 0.0)
+
+
+@pytest.mark.parametrize("layout", ["shared", "seeds"])
+@pytest.mark.parametrize("power", [3.0, 1.0])
+def test_other_torch_forms_match_advance(layout, power):
+    """``TorchStep.compiled`` (the bench's ``torch-compiled``) and
+    ``benchmarks/torch_forms.py``'s autodiff under ``vmap`` train as ``train.advance`` does."""
+    pytest.importorskip("torch")
+    torch_step, why = bench.load_torch_step()
+    assert torch_step is not None, why
+    path = Path(__file__).parents[1] / "benchmarks" / "torch_forms.py"
+    spec = importlib.util.spec_from_file_location("torch_forms", path)
+    forms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(forms)
+    case = tiny_case(runs=6, layout=layout)
+    static, params, groups, state0, runner = advanced(case, 9, activation_power=power)
+    compiled = bench.TorchRunner(torch_step, static, params, state0, groups, threads=1,
+                                 compiled=True)
+    autodiff = bench.TorchRunner(torch_step, static, params, state0, groups, threads=1)
+    autodiff.step = forms.vmap_step(autodiff.impl)
+    for impl in (compiled, autodiff):
+        impl.run(9)
+        np.testing.assert_allclose(impl.weights(), runner.weights(), rtol=1e-9, atol=1e-12)
+
+
+def test_tables_compare_with_the_fastest_torch_form(monkeypatch):
+    monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
+    result = bench.run(quick=True, sizes=["tiny"], runs=[2], layouts=["shared"],
+                       impls=("advance",), repeats=1, target_s=0.001, memory=False,
+                       compiles=False, peak_sizes=(128,), bandwidth_bytes=1 << 20,
+                       log=lambda m: None)
+    row = result["cases"][0]
+    advance = row["impls"]["advance"]["run_steps_per_s"]
+    row["impls"]["torch"] = {"run_steps_per_s": advance / 4}
+    row["impls"]["torch-compiled"] = {"run_steps_per_s": advance / 2}
+    assert f"| {bench._fmt(advance / 2)} (compiled) | 2.00 |" in bench.format_markdown(result)
+    row["impls"]["torch"]["run_steps_per_s"] = advance / 1.5
+    assert f"| {bench._fmt(advance / 1.5)} (bmm) | 1.50 |" in bench.format_markdown(result)
+    del row["impls"]["torch-compiled"]
+    row["skipped"] = {"torch-compiled": "torch.compile failed: no compiler"}
+    text = bench.format_markdown(result)
+    assert f"| {bench._fmt(advance / 1.5)} | 1.50 |" in text
+    assert "\ntorch-compiled: torch.compile failed: no compiler" in text
 
 
 def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
