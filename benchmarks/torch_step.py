@@ -177,7 +177,11 @@ class TorchStep:
             w = torch.cat([w[..., :s] - ds, w[..., s:]], dim=-1).view(S, G * 2 * m, d)
             return w.masked_fill(pruned, 0.0), diverged | ~torch.isfinite(loss)
 
-        fn = torch.compile(step)
+        # Static shapes, compiled afresh: one process compiles this step for every bench case,
+        # which would otherwise turn shape-generic after the first and eager after dynamo's
+        # recompile limit (8).
+        torch._dynamo.reset()
+        fn = torch.compile(step, dynamic=False)
         data = (self.z, self.pruned, self.y, self.weight, self.coef, self.noise_std, self.signal,
                 self.lr)
 
