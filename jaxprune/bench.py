@@ -72,8 +72,8 @@ SIZE_SETS = {
     "quickstart": (2000, 30, 20),
 }
 LAYOUTS = ("shared", "seeds")
-#: PyTorch's forms of the batched step (``benchmarks/torch_step.py``): name -> compiled. Its
-#: plain form is the fastest from R = 256 on the CPU, ``torch.compile``'s at R = 16
+#: PyTorch's forms of the batched step (``benchmarks/torch_step.py``): name -> compiled. On
+#: the CPU its plain form was the faster from R = 256, ``torch.compile``'s at times at R <= 64
 #: (``benchmarks/torch_forms.py``); the tables compare with the faster of those timed.
 TORCH_FORMS = {"torch": False, "torch-compiled": True}
 #: What ``jaxprune bench`` times by default; ``--quick`` leaves out ``torch.compile``, whose
@@ -569,8 +569,9 @@ def measure_case(case: Case, impls=QUICK_IMPLS, repeats: int = 5,
     skipped = {}
     if "loop" in impls:
         runners["loop"] = LoopRunner(static, params, state0, groups)
-    for name in TORCH_FORMS.keys() & set(impls):
-        torch_step, why = load_torch_step()
+    forms = [k for k in TORCH_FORMS if k in impls]
+    torch_step, why = load_torch_step() if forms else (None, None)
+    for name in forms:
         if torch_step is None:
             skipped[name] = why
         else:
@@ -1017,20 +1018,10 @@ def run(quick: bool = False, sizes=None, runs=None, layouts=None, impls=None,
 # Report.
 
 
-def _fastest_torch(impls: dict) -> dict | None:
-    """The fastest of the PyTorch forms timed (``TORCH_FORMS``), or None."""
-    timed = [impls[k] for k in TORCH_FORMS if k in impls]
-    return max(timed, key=lambda v: v["run_steps_per_s"], default=None)
-
-
-def _torch_cell(impls: dict) -> str:
-    """The fastest PyTorch form's run-steps/s, and which form it was where several ran."""
-    forms = [k for k in TORCH_FORMS if k in impls]
-    if not forms:
-        return "n/a"
-    best = max(forms, key=lambda k: impls[k]["run_steps_per_s"])
-    rate = _fmt(impls[best]["run_steps_per_s"])
-    return rate if len(forms) == 1 else f"{rate} ({'compiled' if TORCH_FORMS[best] else 'bmm'})"
+def _fastest_torch(impls: dict) -> str | None:
+    """The name of the fastest PyTorch form timed (``TORCH_FORMS``), or None."""
+    return max((k for k in TORCH_FORMS if k in impls),
+               key=lambda k: impls[k]["run_steps_per_s"], default=None)
 
 
 def _system_cell(impl: dict) -> str:
@@ -1135,15 +1126,18 @@ def format_markdown(result: dict) -> str:
     for r in result["cases"]:
         c, im = r["case"], r["impls"]
         adv = im["advance"]
-        loop, tor = im.get("loop"), _fastest_torch(im)
+        loop, fastest = im.get("loop"), _fastest_torch(im)
+        tor = im.get(fastest)
         cell = lambda v: _fmt(v["run_steps_per_s"]) if v else "n/a"  # noqa: E731
+        form = ((" (compiled)" if TORCH_FORMS[fastest] else " (bmm)")
+                if sum(k in im for k in TORCH_FORMS) > 1 else "")
         ratio = lambda v: f"{adv['run_steps_per_s'] / v['run_steps_per_s']:.2f}" if v else "n/a"  # noqa: E731
         lines.append(
             f"| {c['size']} ({c['d']}, {c['n']}, {c['width']}) | {c['layout']} | {c['runs']} "
             f"| {r['S']} x {r['G']} | {r.get('formulation', 'direct')} "
             f"| {_fmt(adv['run_steps_per_s'])} | {_fmt(adv['gflops'])} "
             f"| {100 * adv['gflops'] / peak:.0f} % | {_beside(r, adv)} "
-            f"| {cell(loop)} | {_torch_cell(im)} | {ratio(tor)} "
+            f"| {cell(loop)} | {cell(tor)}{form} | {ratio(tor)} "
             f"| {ratio(loop)} | {r['compile_s']:.2f} | {r['eval_s']:.3f} "
             f"| {'-' if r.get('gram_s') is None else format(r['gram_s'], '.3f')} "
             f"| {_number_or_na(r.get('other_cores'))} | {_system_cell(adv)} |")
