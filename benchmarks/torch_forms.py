@@ -13,7 +13,7 @@ of STEPS steps, default 10 and 5, each from a settled process, 2 threads):
 - ``compiled``: the ``bmm`` step as a pure function under ``torch.compile`` (inductor),
   ``TorchStep.compiled``;
 - ``advance``: jaxprune's step as a sweep runs it, for scale: calls of one segment,
-  ``eval_every`` steps (a short call of the kernel formulation is mostly its set-up).
+  ``eval_every`` steps (about half of a 10-step call of the kernel formulation is its set-up).
 
 Before timing, checks that each PyTorch form gives ``bmm``'s weights after STEPS steps
 (float32 rounding) and prints the largest difference. Needs ``pip install -e '.[bench]'``.

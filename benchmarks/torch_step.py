@@ -2,8 +2,7 @@
 
 The gradient is written in closed form (no autograd graph), and each seed group's products
 with its shared data are one batched matrix product, ``torch.bmm`` over the S groups of
-``(G*2m x d) @ (d x n)`` and
-``(G*2m x n) @ (n x d)``. The learning rate is folded into the small ``(G*2m x n)`` factor so
+``(G*2m x d) @ (d x n)`` and ``(G*2m x n) @ (n x d)``. The learning rate is folded into the small ``(G*2m x n)`` factor so
 that the update ``W - lr * dH @ Z`` is one fused ``baddbmm``, and the mask is applied after it
 (pruned weights are 0 before and after, so this equals updating only the kept entries).
 ``benchmarks/torch_forms.py`` times it against ``torch.func.vmap`` of autodiff (always slower
@@ -151,8 +150,8 @@ class TorchStep:
 
     def compiled(self):
         """``step`` as one pure function of the weights under ``torch.compile`` (inductor),
-        divergence handled the same way; returns the call of one step. Slower than ``step``
-        from R = 256 on the CPU, faster at R = 16 (``benchmarks/torch_forms.py``)."""
+        divergence handled the same way; returns the call of one step. On the CPU faster than
+        ``step`` at times at R <= 64, slower from R = 256 (``benchmarks/torch_forms.py``)."""
         S, G, m, n, d, s, q = self.S, self.G, self.m, self.n, self.d, self.s, self.q
         inv_sqrt_s, clean = self.inv_sqrt_s, self.clean.view(S, 1, 1, 1, n)
 

@@ -159,6 +159,29 @@ def test_tables_compare_with_the_fastest_torch_form(monkeypatch):
     assert "\ntorch-compiled: torch.compile failed: no compiler" in text
 
 
+def test_a_torch_compile_that_fails_leaves_that_form_out(monkeypatch):
+    class Step:  # stands in for TorchStep (the test needs no torch): a step that does nothing
+        device = types.SimpleNamespace(type="cpu")
+
+        def __init__(self, w, *args, **kwargs):
+            self.w = np.asarray(w)
+
+        def step(self):
+            pass
+
+        def compiled(self):
+            def fail():
+                raise RuntimeError("no C++ compiler")
+            return fail
+
+    monkeypatch.setattr(bench, "load_torch_step", lambda: (Step, None))
+    result = bench.measure_case(tiny_case(runs=2), impls=("advance", "torch", "torch-compiled"),
+                                repeats=1, target_s=0.001)
+    assert set(result["impls"]) == {"advance", "torch"}
+    assert result["skipped"] == {
+        "torch-compiled": "torch.compile failed: RuntimeError: no C++ compiler"}
+
+
 def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
     result = bench.run(quick=True, sizes=["tiny"], runs=[2, 4], impls=("advance", "loop"),
