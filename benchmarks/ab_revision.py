@@ -198,16 +198,10 @@ def main(rev, size, layout, runs, steps, repeats=12, formulation="auto"):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "-h" in args or "--help" in args:
-        print(USAGE)
-        sys.exit(0)
-    if not (5 <= len(args) <= 7 and args[1] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
-            and all(a.isdigit() and int(a) > 0 or i == 4 and a in ("eval", "gram")
-                    for i, a in enumerate(args[3:6], 3))
-            and all(a in FORMULATIONS for a in args[6:])
-            and subprocess.run(["git", "rev-parse", "--verify", "-q", f"{args[0]}^{{commit}}"],
-                               cwd=ROOT, capture_output=True).returncode == 0):
-        print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    main(*args)
+    main(*bench.script_args(USAGE, lambda a: (
+        5 <= len(a) <= 7 and a[1] in bench.SIZE_SETS and a[2] in bench.LAYOUTS
+        and all(bench.positive_ints([x]) or i == 4 and x in ("eval", "gram")
+                for i, x in enumerate(a[3:6], 3))
+        and all(x in FORMULATIONS for x in a[6:])
+        and subprocess.run(["git", "rev-parse", "--verify", "-q", f"{a[0]}^{{commit}}"],
+                           cwd=ROOT, capture_output=True).returncode == 0)))

@@ -78,12 +78,6 @@ def main(size, runs, layout, repeats=7):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "-h" in args or "--help" in args:
-        print(USAGE)
-        sys.exit(0)
-    if not (3 <= len(args) <= 4 and args[0] in bench.SIZE_SETS and args[2] in bench.LAYOUTS
-            and all(a.isdigit() and int(a) > 0 for a in args[1:2] + args[3:])):
-        print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    main(*args)
+    main(*bench.script_args(USAGE, lambda a: (
+        3 <= len(a) <= 4 and a[0] in bench.SIZE_SETS and a[2] in bench.LAYOUTS
+        and bench.positive_ints(a[1:2] + a[3:]))))

@@ -57,12 +57,5 @@ def main(size="quickstart", runs=256, repeats=25):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "-h" in args or "--help" in args:
-        print(USAGE)
-        sys.exit(0)
-    if not (len(args) <= 3 and all(a in bench.SIZE_SETS for a in args[:1])
-            and all(a.isdigit() and int(a) > 0 for a in args[1:])):
-        print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    main(*args)
+    main(*bench.script_args(USAGE, lambda a: (
+        len(a) <= 3 and all(x in bench.SIZE_SETS for x in a[:1]) and bench.positive_ints(a[1:]))))

@@ -71,12 +71,6 @@ def main(size, layout, runs):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "-h" in args or "--help" in args:
-        print(USAGE)
-        sys.exit(0)
-    if not (len(args) == 3 and args[0] in bench.SIZE_SETS and args[1] in bench.LAYOUTS
-            and args[2].isdigit() and int(args[2]) > 0):
-        print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    main(*args)
+    main(*bench.script_args(USAGE, lambda a: (
+        len(a) == 3 and a[0] in bench.SIZE_SETS and a[1] in bench.LAYOUTS
+        and bench.positive_ints(a[2:]))))

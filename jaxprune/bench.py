@@ -62,7 +62,8 @@ import numpy as np
 __all__ = ["SIZE_SETS", "Case", "step_flops", "case_static", "case_inputs", "tree_bytes",
            "state_and_data_bytes", "default_cases", "matmul_peak", "AdvanceRunner",
            "LoopRunner", "TorchRunner", "load_torch_step", "measure_case", "memory_profile",
-           "compile_count", "run", "format_markdown", "add_arguments", "main"]
+           "compile_count", "run", "format_markdown", "add_arguments", "main", "script_args",
+           "positive_ints"]
 
 #: Named sizes: (d, n, width). ``paper-*``: n = 100, width = 50; ``quickstart``: the sizes of
 #: ``sweeps/quickstart.toml`` (a test keeps them equal).
@@ -1189,6 +1190,24 @@ def format_markdown(result: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Command line.
+
+
+def script_args(usage: str, valid) -> list[str]:
+    """The command-line arguments of a script in ``benchmarks/``: prints ``usage`` and exits
+    with status 0 on ``-h`` or ``--help``, with status 2 where ``valid(args)`` is false."""
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(usage)
+        sys.exit(0)
+    if not valid(args):
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
+def positive_ints(args) -> bool:
+    """Whether every one of ``args`` is a positive integer (``script_args``' checks)."""
+    return all(a.isdigit() and int(a) > 0 for a in args)
 
 
 def _positive_float(text: str) -> float:

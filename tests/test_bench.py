@@ -182,6 +182,24 @@ def test_a_torch_compile_that_fails_leaves_that_form_out(monkeypatch):
         "torch-compiled": "torch.compile failed: RuntimeError: no C++ compiler"}
 
 
+@pytest.mark.parametrize("argv, status, stream", [
+    (["paper-d1000", "12"], None, None),
+    (["paper-d1000", "--help"], 0, "out"),
+    (["paper-d9999", "12"], 2, "err"),
+    (["paper-d1000", "0"], 2, "err"),
+])
+def test_benchmark_scripts_read_their_arguments(monkeypatch, capsys, argv, status, stream):
+    monkeypatch.setattr(sys, "argv", ["script.py", *argv])
+    valid = lambda a: a[0] in bench.SIZE_SETS and bench.positive_ints(a[1:])  # noqa: E731
+    if status is None:
+        assert bench.script_args("usage: script.py SIZE N", valid) == argv
+        return
+    with pytest.raises(SystemExit) as exit_:
+        bench.script_args("usage: script.py SIZE N", valid)
+    assert exit_.value.code == status
+    assert getattr(capsys.readouterr(), stream) == "usage: script.py SIZE N\n"
+
+
 def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     monkeypatch.setitem(bench.SIZE_SETS, "tiny", (TINY["d"], TINY["n"], TINY["width"]))
     result = bench.run(quick=True, sizes=["tiny"], runs=[2, 4], impls=("advance", "loop"),
