@@ -15,13 +15,14 @@
 # (benchmarks/update_forms.py: the step's formulations as loops of their two products) and
 # products (benchmarks/step_products.py: the step against its own products), with their
 # optimized HLO; loop (the plain loop, slow on a GPU: only small R); f32-other (d = 2000 and
-# the quick sweep's sizes); quick-f32 and quick-tf32 (the quick sweep end to end). A bench
-# case took 30-50 s on an H200 (2026-12-04).
+# the quick sweep's sizes); quick-f32 and quick-tf32 (the quick sweep end to end);
+# torch-compiled (PyTorch's step under torch.compile beside its plain one, never timed on a
+# GPU yet). A bench case took 30-50 s on an H200 (2026-12-04).
 # Logs, JSON, tables and each sweep's results.csv and metrics.npz are packed into
 # OUTDIR/gpu_check.tar.gz.
 set -uo pipefail
 steps=(machine f32-1024 f32-4096 memory d1000-f32 tests kernel-d1000 tf32-d1000 forms products
-  loop f32-other quick-f32 quick-tf32)
+  loop f32-other quick-f32 quick-tf32 torch-compiled)
 usage="usage: bash benchmarks/gpu_check.sh OUTDIR [SECONDS [STEP...]]
   OUTDIR: where gpu_check.tar.gz goes; SECONDS: time for all steps (default 540);
   STEP: only these (default all): ${steps[*]}
@@ -93,6 +94,8 @@ bench loop 60 --sizes paper-d1000 --runs 16 256 --layouts shared --impls advance
 bench f32-other 100 --sizes paper-d2000 quickstart --runs 4096 --impls advance torch --no-memory
 sweep quick-f32 40 sweeps/quickstart.toml
 sweep quick-tf32 40 sweeps/quickstart.toml tensorfloat32
+bench torch-compiled 120 --sizes paper-d1000 --runs 1024 --layouts shared \
+  --impls advance torch torch-compiled --no-memory
 for dir in "$work"/*/; do
   [[ -f $dir/results.csv ]] || continue  # hlo/
   name=$(basename "$dir")
