@@ -1241,10 +1241,10 @@ ffi::ErrorOr<SegmentShape> ShapeOf(const char* call, ffi::Buffer<ffi::F32> w,
 // the core's caches from step to step: at the quick sweep's sizes 2 runs (160 KB) ran 1.02x
 // as fast as blocks of 1 MiB and 1.06x as fast as 4 MiB; at the paper's 4 runs of 16 lanes
 // (8 MB, both threads' in the L3 cache; 2 runs of 8 lanes with AVX2) 1.9x as fast as 8 runs
-// (benchmarks/RESULTS.md). A block starts
-// with its runs' P0' = [W Z^T, <W, 1_S>] and C = 0, and ends with W <- where(M, W - C Z', 0):
-// no buffer of the segment is as large as the chunk's P0' (with them as XLA's temporaries,
-// fresh memory every call, the segment took 300-1,200 page faults a step at R >= 1024).
+// (benchmarks/RESULTS.md). A block starts with its runs' P0' = [W Z^T, <W, 1_S>] and C = 0,
+// and ends with W <- where(M, W - C Z', 0): no buffer of the segment is as large as the
+// chunk's P0' (with them as XLA's temporaries, fresh memory every call, the segment took
+// 300-1,200 page faults a step at R >= 1024).
 ffi::Error KernelSteps(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_in,
                        ffi::Buffer<ffi::F32> noise, ffi::Buffer<ffi::PRED> mask,
                        ffi::Buffer<ffi::F32> b_in, ffi::Buffer<ffi::PRED> diverged_in,

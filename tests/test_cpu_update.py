@@ -225,7 +225,7 @@ def test_data_drawn_with_the_native_hash_are_jaxs(native, tmp_path):
     off)."""
     assert "threefry hash natively" in cpu_update.status()
     static, _, _ = _small_chunk(data={"noise_orthogonal": True, "n_test": 33},
-                                  model={"init": "uniform_fan_in"})
+                                model={"init": "uniform_fan_in"})
     (tmp_path / "static.pkl").write_bytes(pickle.dumps(static))
     seeds = [7, 2**31 + 5, 123456789]
     script = (
@@ -408,8 +408,8 @@ def test_native_segments_pack_new_noise_at_an_old_address(native, formulation):
     with 32 filters and n = 20 the projections are the own kernel's, from the packed
     noise."""
     static, params, groups = _small_chunk(data={"n": 20}, model={"width": 16},
-                                            prune={"fraction": [i / 10 for i in range(8)]},
-                                            sweep={"seeds": 1})
+                                          prune={"fraction": [i / 10 for i in range(8)]},
+                                          sweep={"seeds": 1})
     static = dataclasses.replace(static, formulation=formulation)
     assert (static.groups, static.group_size) == (1, 8)
     state0 = train.init_state(params, groups, static)
