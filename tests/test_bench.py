@@ -236,9 +236,9 @@ def test_quick_harness_runs_on_tiny_sizes(monkeypatch, capsys):
     for r in result["cases"]:
         c = r["case"]
         assert bench.case_static(bench.Case(**c)).kernel_step
-        n = c["n"]  # a filter's matrix (its triangle on this CPU), support sums and count
-        matrix = n * (n + 1) // 2 if cpu_update.gram_triangles() else n * n
-        assert r["gram_bytes"] == c["runs"] * 2 * c["width"] * (matrix + n + 1) * 4  # float32
+        k = c["n"] + 1  # a filter's matrix of Z' = [Z; 1_S]: its upper triangle where the
+        matrix = k * (k + 1) // 2 if cpu_update.gram_triangles() else k * k  # native step runs
+        assert r["gram_bytes"] == c["runs"] * 2 * c["width"] * matrix * 4  # float32
         gbps = r["gram_bytes"] / r["impls"]["advance"]["step_s"] / 1e9
         assert (f"| tiny | {c['layout']} | {c['runs']} | {r['gram_bytes'] / 1e6:,.0f} "
                 f"| {gbps:.1f} | {100 * gbps / bandwidth['best_gbps']:.0f} % |") in text
