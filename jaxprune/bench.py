@@ -730,7 +730,7 @@ def _memory_child(spec: str) -> None:
     init = train.init_state.lower(params, groups_abs, static=static).compile()
     two = jnp.int32(2)
     build = train.build_gram.lower(state_abs.mask, groups_abs, static=static).compile()
-    gram_abs = build.out_info
+    gram_abs = train.build_gram.eval_shape(state_abs.mask, groups_abs, static=static)
     adv = train.advance.lower(state_abs, params, groups_abs, two, static=static,
                               gram=gram_abs).compile()
     steps = train.train_steps.lower(state_abs, params, groups_abs, two, static=static,
