@@ -100,9 +100,11 @@ class ChunkCheckpoints:
         """
         arrays = {"state": _flatten(state), "history": history}
         record = dict(self.identity, step=step, digest=tree_digest(arrays),
+                      state_layout=_layout(arrays["state"]),
                       history_shapes={k: list(v.shape) for k, v in history.items()},
                       history_dtypes={k: np.asarray(v).dtype.str for k, v in history.items()})
         try:
+            _remove_path(self.directory / str(step))  # a damaged leftover of this step, if any
             with _quiet_orbax():
                 self.manager.save(step, args=ocp.args.Composite(
                     arrays=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)),
@@ -168,6 +170,13 @@ class ChunkCheckpoints:
         if record.get("step") != step:
             raise ValueError("its record names another step")
         expected = _flatten(abstract_state)
+        saved_layout, layout = record.get("state_layout", {}), _layout(expected)
+        if saved_layout.keys() != layout.keys():
+            raise ValueError("its state has another structure")
+        for k, want in layout.items():
+            if saved_layout[k] != want:
+                raise ValueError(f"state {k} is {_describe(saved_layout[k])}, expected "
+                                 f"{_describe(want)}")
         target = {
             "state": {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in expected.items()},
             "history": {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(record["history_dtypes"][k]))
@@ -176,13 +185,6 @@ class ChunkCheckpoints:
         arrays = self.manager.restore(step, args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(target))).arrays
         arrays = jax.tree.map(np.asarray, arrays)
-        if set(arrays["state"]) != set(expected):
-            raise ValueError("its state has another structure")
-        for k, v in expected.items():
-            got = arrays["state"][k]
-            if got.shape != v.shape or got.dtype != v.dtype:
-                raise ValueError(f"state {k} is {got.dtype}{got.shape}, expected "
-                                 f"{v.dtype}{v.shape}")
         if tree_digest(arrays) != record.get("digest"):
             raise ValueError("its arrays do not match their recorded SHA-256")
         leaves = [arrays["state"][jax.tree_util.keystr(p)]
@@ -196,6 +198,23 @@ class ChunkCheckpoints:
             self._manager.close()
             self._manager = None
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _layout(arrays: dict[str, Any]) -> dict[str, list]:
+    """``{name: [dtype, shape]}`` of flattened arrays, as the record keeps it (JSON)."""
+    return {k: [np.dtype(v.dtype).str, list(v.shape)] for k, v in arrays.items()}
+
+
+def _describe(layout: list) -> str:
+    dtype, shape = layout
+    return f"{np.dtype(dtype).name}{tuple(shape)}"
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _reason(e: Exception) -> str:
