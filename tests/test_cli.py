@@ -5,6 +5,7 @@ each), so only a few run that way; the rest call ``cli.main`` in-process.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -386,12 +387,12 @@ def test_a_second_run_reads_jax_s_persistent_cache_and_gives_the_same_numbers(tm
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert ((tmp_path / "first" / "results.csv").read_bytes()
             == (tmp_path / "second" / "results.csv").read_bytes())
-    hits = "Persistent compilation cache hit for 'jit_advance'"
-    assert hits not in first.stderr
+    hits = r"Persistent compilation cache hit for 'jit_advance' with key '([^']+)'"
+    assert not re.search(hits, first.stderr)
     # On some CPUs JAX rejects every CPU executable it cached (jax-ml/jax#38445, "Target
     # machine feature ... is not supported"): the second run then compiles again.
-    if "Target machine feature" not in second.stderr:
-        assert second.stderr.count(hits) == 2  # one program a formulation
+    if "Target machine feature" not in second.stderr:  # one program a formulation (older
+        assert len(set(re.findall(hits, second.stderr))) == 2  # JAX logs each hit twice)
 
 
 def test_the_sweep_file_chooses_plain_gds_formulation(tmp_path, monkeypatch):

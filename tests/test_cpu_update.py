@@ -155,7 +155,8 @@ def test_native_evaluation_products_give_xla_metrics(native, model):
     """The evaluation with the projections of W and W(0) by the own kernel (200 test examples:
     column blocks of 96, 96 and 8) gives XLA's metrics, per example, to float32 rounding, in
     blocks of one seed (each call reading its seed's examples at an offset into all of them)
-    and of all three; and a run's metrics have the same bits in either."""
+    and of all three; and a run's metrics agree in either to a few float32 ulps (the same bits
+    with the XLA of jax 0.10; jax 0.6.1's summed a loss 1 ulp apart)."""
     if not cpu_update.own_projection():
         pytest.skip("this CPU has neither AVX-512 nor AVX2 with FMA: the evaluation keeps "
                     "XLA's products here")
@@ -177,7 +178,8 @@ def test_native_evaluation_products_give_xla_metrics(native, model):
         want = np.asarray(getattr(xla, field))
         got = np.asarray(getattr(ours[one_seed], field))
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=field)
-        np.testing.assert_array_equal(getattr(ours[train.EVAL_BLOCK_BYTES], field), got)
+        np.testing.assert_allclose(getattr(ours[train.EVAL_BLOCK_BYTES], field), got,
+                                   rtol=1e-6, atol=1e-7, err_msg=field)
     # The networks' outputs are not 0 (a loss of log 2: 100x the tolerance), and differ; the
     # weights have moved from W(0) (a memorization of 0 would hide a wrong W(0) projection).
     for loss in (xla.test_loss, xla.train_loss):
