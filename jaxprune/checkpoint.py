@@ -170,7 +170,9 @@ class ChunkCheckpoints:
         if record.get("step") != step:
             raise ValueError("its record names another step")
         expected = _flatten(abstract_state)
-        saved_layout, layout = record.get("state_layout", {}), _layout(expected)
+        saved_layout, layout = record.get("state_layout"), _layout(expected)
+        if saved_layout is None:
+            raise ValueError("its record has no state layout (an older jaxprune wrote it)")
         if saved_layout.keys() != layout.keys():
             raise ValueError("its state has another structure")
         for k, want in layout.items():

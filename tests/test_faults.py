@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_dict, tiny_sweep
-from jaxprune import cli, engine
+from jaxprune import checkpoint, cli, engine
 from jaxprune import results as res
 from jaxprune.checkpoint import FILE_DIGESTS, ChunkCheckpoints, file_digests, saved_steps
 from jaxprune.config import load_sweep, sweep_from_dict
@@ -387,6 +387,17 @@ def test_checkpoint_of_another_structure_is_never_loaded(tmp_path, expected, ide
                                 warn=warnings.append).restore_latest(_abstract(expected))
     assert restored is None
     assert len(warnings) == 1 and "is unusable" in warnings[0] and reason in warnings[0]
+
+
+def test_checkpoint_without_a_state_layout_is_never_loaded(tmp_path, monkeypatch):
+    """A checkpoint of a jaxprune from before the record kept the state's layout."""
+    monkeypatch.setattr(checkpoint, "_layout", lambda arrays: None)
+    folder = _saved(tmp_path)
+    monkeypatch.undo()
+    warnings = []
+    assert ChunkCheckpoints(folder, {"chunk": 0, "sweep": "abc"}, warn=warnings.append
+                            ).restore_latest(_abstract(STATE)) is None
+    assert len(warnings) == 1 and "no state layout (an older jaxprune" in warnings[0]
 
 
 # ---------------------------------------------------------------------------------------------
