@@ -46,7 +46,8 @@ using Sgemm = void (*)(int order, int trans_a, int trans_b, int64_t m, int64_t n
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 Sgemm sgemm = nullptr;
-int (*set_threads_local)(int) = nullptr;  // openblas_set_num_threads_local
+void (*set_blas_threads)(int) = nullptr;  // openblas_set_num_threads
+int (*get_blas_threads)() = nullptr;      // openblas_get_num_threads
 
 // One row of W after its product: subtract ds on the signal support, then zero the pruned
 // entries. The mask is applied to the float's bits (AND with 0 or ~0): a select on a bool
@@ -78,7 +79,7 @@ struct Blocks {
   void Work() {
     int64_t ran = 0;
     for (int64_t i; (i = next.fetch_add(1)) < count; ++ran) {
-      if (ran == 0) set_threads_local(1);
+      if (ran == 0) set_blas_threads(1);
       run(i);
     }
     if (ran > 0 && done.fetch_add(ran) + ran == count) {
@@ -88,20 +89,23 @@ struct Blocks {
   }
 };
 
-// OpenBLAS's thread count is one global (its openblas_set_num_threads_local sets the global
-// count and returns the old one): the first of the calls running at a time sets it to 1 and
-// the last one to end puts back what the first found. A thread, or a call, that put back what
+// OpenBLAS's thread count is one global (openblas_set_num_threads_local, where OpenBLAS has it,
+// sets it too): the first of the calls running at a time sets it to 1 and the last one to end
+// puts back what the first found. A thread, or a call, that put back what
 // it had read could leave it at 1, the count another had set, and numpy's products on one
 // thread for the rest of the process (XLA may run two programs' calls at once).
 class OneBlasThread {
  public:
   OneBlasThread() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (callers_++ == 0) found_ = set_threads_local(1);
+    if (callers_++ == 0) {
+      found_ = get_blas_threads();
+      set_blas_threads(1);
+    }
   }
   ~OneBlasThread() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (--callers_ == 0) set_threads_local(found_);
+    if (--callers_ == 0) set_blas_threads(found_);
   }
 
  private:
@@ -828,7 +832,7 @@ SymmetricKernel SymmetricFor(int64_t lanes) {
 }
 
 ffi::Error CheckBlas() {
-  if (sgemm == nullptr || set_threads_local == nullptr) {
+  if (sgemm == nullptr || set_blas_threads == nullptr || get_blas_threads == nullptr) {
     return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "jaxprune: BLAS was not set");
   }
   return ffi::Error::Success();
@@ -1458,9 +1462,10 @@ extern "C" void jaxprune_project_rows(const float* c, int64_t count, const float
   ProjectRows(c, count, z, zt, zeros, p, n, d, n);
 }
 
-extern "C" void jaxprune_set_blas(void* sgemm_fn, void* set_threads_local_fn) {
+extern "C" void jaxprune_set_blas(void* sgemm_fn, void* set_threads_fn, void* get_threads_fn) {
   sgemm = reinterpret_cast<Sgemm>(sgemm_fn);
-  set_threads_local = reinterpret_cast<int (*)(int)>(set_threads_local_fn);
+  set_blas_threads = reinterpret_cast<void (*)(int)>(set_threads_fn);
+  get_blas_threads = reinterpret_cast<int (*)()>(get_threads_fn);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxprune_projections, Projections,

@@ -44,9 +44,11 @@ import importlib
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,29 +112,52 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(root)
 
 
-def _openblas() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr, str]:
-    """The ILP64 ``cblas_sgemm`` of the OpenBLAS inside numpy's wheel, its
-    ``openblas_set_num_threads_local`` (each of XLA's threads runs a one-thread sgemm: with
-    OpenBLAS's own threads beside XLA's, the step ran 2.5x slower on 2 cores) and the kernels
-    it runs (its core name, which ``OPENBLAS_CORETYPE`` chooses where it is set)."""
+class OpenBlas(NamedTuple):
+    """The ILP64 OpenBLAS inside numpy's wheel: its ``cblas_sgemm``, its (global) thread
+    count's setter and getter (each of XLA's threads runs a one-thread sgemm: with OpenBLAS's
+    own threads beside XLA's, the step ran 2.5x slower on 2 cores) and the kernels it runs (its
+    core name, which ``OPENBLAS_CORETYPE`` chooses where it is set)."""
+
+    sgemm: ctypes._CFuncPtr
+    set_threads: ctypes._CFuncPtr
+    get_threads: ctypes._CFuncPtr
+    core: str
+
+
+def _openblas() -> OpenBlas:
+    """numpy's OpenBLAS, 0.3.27 or newer (numpy 2.0's and later)."""
     root = pathlib.Path(np.__file__).parent
     for pattern, symbol in OPENBLAS:
         for path in sorted(root.glob(pattern)):
             lib = ctypes.CDLL(str(path))
             if not hasattr(lib, symbol):
                 continue
-            if not hasattr(lib, "openblas_set_num_threads_local"):
+            try:
+                config, get_threads, set_threads = (_function(lib, symbol, name) for name in (
+                    "openblas_get_config", "openblas_get_num_threads", "openblas_set_num_threads"))
+            except AttributeError as missing:
+                raise Unavailable(f"{path.name}: {missing}") from None
+            config.restype, get_threads.restype = ctypes.c_char_p, ctypes.c_int
+            found = config().decode().split()[:2]  # "OpenBLAS 0.3.27 DYNAMIC_ARCH ..."
+            version = re.match(r"(\d+)\.(\d+)\.(\d+)", found[-1] if found else "")
+            if version is None or tuple(map(int, version.groups())) < (0, 3, 27):
                 raise Unavailable(f"{path.name} is older than OpenBLAS 0.3.27 "
-                                  "(no openblas_set_num_threads_local)")
-            return (getattr(lib, symbol), lib.openblas_set_num_threads_local,
-                    _core_name(lib, symbol))
+                                  f"({' '.join(found)})")
+            return OpenBlas(getattr(lib, symbol), set_threads, get_threads,
+                            _core_name(lib, symbol))
     raise Unavailable("numpy carries no ILP64 OpenBLAS (a numpy wheel from PyPI does)")
 
 
+def _function(lib: ctypes.CDLL, sgemm_symbol: str, name: str) -> ctypes._CFuncPtr:
+    """OpenBLAS's function ``name``, with the prefix and suffix its sgemm carries
+    (``scipy_openblas_get_config64_``)."""
+    return getattr(lib, sgemm_symbol.replace("cblas_sgemm", name))
+
+
 def _core_name(lib: ctypes.CDLL, sgemm_symbol: str) -> str:
-    """The kernels an OpenBLAS runs: its ``openblas_get_corename``, named as its sgemm is."""
+    """The kernels an OpenBLAS runs: its ``openblas_get_corename``."""
     try:
-        corename = getattr(lib, sgemm_symbol.replace("cblas_sgemm", "openblas_get_corename"))
+        corename = _function(lib, sgemm_symbol, "openblas_get_corename")
     except AttributeError:
         return "unknown"
     corename.restype = ctypes.c_char_p
@@ -173,28 +198,26 @@ def _register() -> str:
     ``Unavailable``."""
     if os.environ.get("JAXPRUNE_NATIVE_UPDATE", "1") == "0":
         raise Unavailable("turned off by JAXPRUNE_NATIVE_UPDATE=0")
-    if not hasattr(jax, "ffi"):
-        raise Unavailable(f"jax {jax.__version__} has no jax.ffi (0.4.38 and newer have)")
-    sgemm, set_threads_local, core = _openblas()
+    blas = _openblas()
     path = _build()
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as why:
         raise Unavailable(f"cannot load {path} ({why}); delete it to build it again") from why
-    lib.jaxprune_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
-                          ctypes.cast(set_threads_local, ctypes.c_void_p))
+    lib.jaxprune_set_blas(*(ctypes.cast(f, ctypes.c_void_p)
+                            for f in (blas.sgemm, blas.set_threads, blas.get_threads)))
     for target in TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
                                     platform="cpu")
     chosen = os.environ.get("OPENBLAS_CORETYPE")
-    kernels = f"{core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
+    kernels = f"{blas.core} kernels" + (f", OPENBLAS_CORETYPE={chosen}" if chosen else "")
     builds = {512: "AVX-512", 256: "AVX2"}.get(lib.jaxprune_builds(), "baseline")
     own = ("; W Z^T by its own kernel where it pays"
            if lib.jaxprune_own_projection() else "")
     lanes = f"; Gram matrices read {lib.jaxprune_vector_lanes()} filters at a time"
     threefry = ("; JAX's threefry hash natively" if _lower_threefry_natively() else
                 "; JAX's threefry hash as JAX lowers it (its internals have moved)")
-    return (f"native: {sgemm.__name__} of numpy's OpenBLAS ({kernels}); its own kernels' "
+    return (f"native: {blas.sgemm.__name__} of numpy's OpenBLAS ({kernels}); its own kernels' "
             f"{builds} builds{own}{lanes}{threefry}, built at {path}")
 
 

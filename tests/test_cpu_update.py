@@ -571,7 +571,7 @@ def test_a_failed_build_is_tried_once_and_its_reason_reported(monkeypatch, tmp_p
     compiler.write_text(f"#!/bin/sh\necho run >> {calls}\necho 'broken compiler' >&2\nexit 1\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
-    monkeypatch.setattr(cpu_update, "_openblas", lambda: (None, None, "any"))  # reach the build
+    monkeypatch.setattr(cpu_update, "_openblas", lambda: None)  # reach the build
     # A fresh cache, put back after the test, so that neither this nor earlier builds leak.
     monkeypatch.setattr(cpu_update, "_outcome", functools.cache(cpu_update._outcome.__wrapped__))
     for _ in range(2):
@@ -635,27 +635,27 @@ def test_native_calls_leave_numpys_blas_threads_as_they_were(native):
     XLA's threads and must put it back after (each thread restoring what it had read left
     numpy's own products on one thread for the rest of the process; so did each call, where
     XLA ran the steps' and the projections' programs at once)."""
-    _, set_threads, _ = cpu_update._openblas()
+    blas = cpu_update._openblas()
     static, params, groups = _small_chunk()
     state = train.init_state(params, groups, static)
     steps = jax.jit(train._gd_loop, static_argnames=("static", "native"))
     w, z = product_inputs(2, 64, 8, 256)
     project = jax.jit(functools.partial(cpu_update.projections, block_bytes=1024))
-    original = set_threads(3)
+    original = blas.get_threads()
     for threads in (3, 2):
-        set_threads(threads)
+        blas.set_threads(threads)
         for _ in range(20):
             state = steps(state, params, groups, jnp.int32(2), static=static, native=True)
             jax.block_until_ready((state, project(w, z)))  # one row a block: 128 blocks
-        assert set_threads(threads) == threads
-    set_threads(original)
+        assert blas.get_threads() == threads
+    blas.set_threads(original)
 
 
 def test_concurrent_native_calls_leave_numpys_blas_threads_as_they_were(native):
     """Calls running at once (here from two Python threads; XLA may run two programs' calls
     at once) put OpenBLAS's count back as the first found it: with each call putting back
     what it had read, the later one restored the 1 the earlier had set (20 of 20 trials)."""
-    _, set_threads, _ = cpu_update._openblas()
+    blas = cpu_update._openblas()
     w, z = product_inputs(2, 64, 8, 256)
     project = jax.jit(functools.partial(cpu_update.projections, block_bytes=1024))
     jax.block_until_ready(project(w, z))
@@ -664,13 +664,13 @@ def test_concurrent_native_calls_leave_numpys_blas_threads_as_they_were(native):
         for _ in range(50):
             jax.block_until_ready(project(w, z))
 
-    original = set_threads(3)
+    original = blas.get_threads()
     for _ in range(5):
-        set_threads(3)
+        blas.set_threads(3)
         threads = [threading.Thread(target=calls) for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert set_threads(3) == 3
-    set_threads(original)
+        assert blas.get_threads() == 3
+    blas.set_threads(original)
