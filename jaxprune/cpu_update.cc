@@ -91,9 +91,9 @@ struct Blocks {
 
 // OpenBLAS's thread count is one global (openblas_set_num_threads_local, where OpenBLAS has it,
 // sets it too): the first of the calls running at a time sets it to 1 and the last one to end
-// puts back what the first found. A thread, or a call, that put back what
-// it had read could leave it at 1, the count another had set, and numpy's products on one
-// thread for the rest of the process (XLA may run two programs' calls at once).
+// puts back what the first found. A thread, or a call, that put back what it had read could
+// leave it at 1, the count another had set, and numpy's products on one thread for the rest
+// of the process (XLA may run two programs' calls at once).
 class OneBlasThread {
  public:
   OneBlasThread() {
