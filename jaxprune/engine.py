@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxprune import results as res
-from jaxprune import train
+from jaxprune import cpu_update, train
 from jaxprune.checkpoint import ChunkCheckpoints, saved_steps
 from jaxprune.config import ConfigError, RunTable, Sweep, load_sweep
 from jaxprune.lock import DirectoryLock
@@ -117,6 +117,9 @@ def run(sweep: Sweep | str | Path, out: str | Path | None = None, *, restart: bo
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if "float64" in sweep.values["dtype"]:
         jax.config.update("jax_enable_x64", True)
+    elif jax.default_backend() == "cpu" and not cpu_update.available():
+        log(f"note: the CPU step runs XLA's own products, slower than its native ones "
+            f"({cpu_update.status().removeprefix('XLA: ')}; README, *How it runs*)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with DirectoryLock(out) as lock:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import cli, engine, train
+from jaxprune import cli, cpu_update, engine, train
 from jaxprune.config import load_sweep, sweep_from_dict
 from jaxprune.plan import plan_chunks
 from jaxprune.results import METRIC_COLUMNS, read_csv, results_columns
@@ -417,6 +417,22 @@ def test_the_sweep_file_chooses_plain_gds_formulation(tmp_path, monkeypatch):
     # An example whose margin is within rounding of 0 could flip: at most one each.
     assert np.all(np.abs(direct["train_error"] - kernel["train_error"]) <= 1 / 8 + 1e-9)
     assert np.all(np.abs(direct["test_error"] - kernel["test_error"]) <= 1 / 64 + 1e-9)
+
+
+def test_a_sweep_on_xlas_products_says_so(tmp_path, monkeypatch):
+    """Where the native CPU step cannot run, a float32 sweep says so once, with the reason
+    (numpy 2.5's OpenBLAS once turned it off without a word); where it runs, nothing."""
+    sweep = load_sweep(write(tmp_path / "tiny.toml", TINY_TOML))
+    notes = {}
+    for case in ("native", "xla"):
+        if case == "xla":
+            monkeypatch.setattr(cpu_update, "status", lambda: "XLA: no C++ compiler (stand-in)")
+        notes[case] = []
+        jaxprune.run(sweep, tmp_path / case, progress=False, log=notes[case].append)
+    slower = [note for note in notes["xla"] if "XLA's own products" in note]
+    assert slower == ["note: the CPU step runs XLA's own products, slower than its native "
+                      "ones (no C++ compiler (stand-in); README, *How it runs*)"]
+    assert not any("XLA's own products" in note for note in notes["native"])
 
 
 def test_status_into_a_closed_pipe_ends_quietly(cli_run):
