@@ -100,9 +100,7 @@ class ChunkCheckpoints:
         """
         arrays = {"state": _flatten(state), "history": history}
         record = dict(self.identity, step=step, digest=tree_digest(arrays),
-                      state_layout=_layout(arrays["state"]),
-                      history_shapes={k: list(v.shape) for k, v in history.items()},
-                      history_dtypes={k: np.asarray(v).dtype.str for k, v in history.items()})
+                      state_layout=_layout(arrays["state"]), history_layout=_layout(history))
         try:
             _remove_path(self.directory / str(step))  # a damaged leftover of this step, if any
             with _quiet_orbax():
@@ -179,11 +177,9 @@ class ChunkCheckpoints:
             if saved_layout[k] != want:
                 raise ValueError(f"state {k} is {_describe(saved_layout[k])}, expected "
                                  f"{_describe(want)}")
-        target = {
-            "state": {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in expected.items()},
-            "history": {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(record["history_dtypes"][k]))
-                        for k, shape in record["history_shapes"].items()},
-        }
+        target = {part: {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+                         for k, (dtype, shape) in record[f"{part}_layout"].items()}
+                  for part in ("state", "history")}
         arrays = self.manager.restore(step, args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(target))).arrays
         arrays = jax.tree.map(np.asarray, arrays)
@@ -203,7 +199,8 @@ class ChunkCheckpoints:
 
 
 def _layout(arrays: dict[str, Any]) -> dict[str, list]:
-    """``{name: [dtype, shape]}`` of flattened arrays, as the record keeps it (JSON)."""
+    """``{name: [dtype, shape]}`` of arrays (or their shapes and dtypes), as the record keeps
+    it (JSON)."""
     return {k: [np.dtype(v.dtype).str, list(v.shape)] for k, v in arrays.items()}
 
 
