@@ -1,11 +1,12 @@
 """Checkpoints of the chunk in flight, through orbax-checkpoint (the only module that uses it).
 
 A checkpoint holds the batched ``TrainState``, the metrics recorded so far and a small JSON
-record: the chunk, the step, the sweep's fingerprint and a SHA-256 of every array. Once orbax
-has finished a step, a SHA-256 of each of its files is written next to them (``FILE_DIGESTS``).
-Restoring checks the files before orbax reads them (so a truncated, garbled, missing or
-half-written file is refused cleanly), then the record, the structure and the arrays: a
-checkpoint is loaded whole or not at all. The manager keeps the previous checkpoint to fall
+record: the chunk, the step, the sweep's fingerprint, every array's dtype and shape, and a
+SHA-256 of them all. Once orbax has finished a step, a SHA-256 of each of its files is written
+next to them (``FILE_DIGESTS``). Restoring checks the files before orbax reads them (so a
+truncated, garbled, missing or half-written file is refused cleanly), then the record and the
+structure before orbax reads the arrays, then the arrays: a checkpoint is loaded whole or not
+at all. The manager keeps the previous checkpoint to fall
 back on; a checkpoint that fails is reported and deleted (the resumed chunk writes that step
 again).
 """
