@@ -2,12 +2,13 @@
 
 The gradient is written in closed form (no autograd graph), and each seed group's products
 with its shared data are one batched matrix product, ``torch.bmm`` over the S groups of
-``(G*2m x d) @ (d x n)`` and ``(G*2m x n) @ (n x d)``. The learning rate is folded into the small ``(G*2m x n)`` factor so
-that the update ``W - lr * dH @ Z`` is one fused ``baddbmm``, and the mask is applied after it
-(pruned weights are 0 before and after, so this equals updating only the kept entries).
-``benchmarks/torch_forms.py`` times it against ``torch.func.vmap`` of autodiff (always slower
-on the CPU here) and against ``TorchStep.compiled``, the same step under ``torch.compile``
-(faster at R <= 64 only); ``jaxprune bench`` compares with the faster of the two.
+``(G*2m x d) @ (d x n)`` and ``(G*2m x n) @ (n x d)``. The learning rate is folded into the
+small ``(G*2m x n)`` factor so that the update ``W - lr * dH @ Z`` is one fused ``baddbmm``,
+and the mask is applied after it (pruned weights are 0 before and after, so this equals
+updating only the kept entries). ``benchmarks/torch_forms.py`` times it against
+``torch.func.vmap`` of autodiff (always slower on the CPU here) and against
+``TorchStep.compiled``, the same step under ``torch.compile`` (on the CPU faster at times at
+R <= 64, slower from R = 256); ``jaxprune bench`` compares with the faster of the two.
 
 For one run with ``W (2, m, d)``, per-example noise ``z_i``, clean label ``c_i``, label ``y_i``
 and weight ``w_i`` (``1/n`` for real examples, 0 for padding)::
